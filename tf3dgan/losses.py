@@ -1,0 +1,123 @@
+"""GAN objectives as pure functions of the discriminator's logits.
+
+Each loss takes ``(real_logits, fake_logits)`` — D's raw outputs C(x) on a real and on a
+generated batch — and returns ``(d_loss, g_loss)``, both scalars to *minimise*.  They use
+``keras.ops`` only (every backend) and the identities
+
+    -log σ(x) = softplus(-x)        -log(1 - σ(x)) = softplus(x)
+
+so no ``log(sigmoid(x) + eps)`` ever appears and large logits cannot overflow.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from keras import ops
+
+
+def _f32(x):
+    return ops.cast(x, "float32")
+
+
+def _mean_softplus(x):
+    return ops.mean(ops.softplus(x))
+
+
+def rasgan(real_logits, fake_logits):
+    """Relativistic average standard GAN (the 64-3D-RaSGAN seed).
+
+    D̃(x_r) = σ(C(x_r) − E C(x_f)),  D̃(x_f) = σ(C(x_f) − E C(x_r));
+    L_D = −E log D̃(x_r) − E log(1 − D̃(x_f));  L_G = −E log D̃(x_f) − E log(1 − D̃(x_r)).
+    The two terms are summed (not averaged), as in the seed.
+    """
+    real, fake = _f32(real_logits), _f32(fake_logits)
+    r = real - ops.mean(fake)
+    f = fake - ops.mean(real)
+    d_loss = _mean_softplus(-r) + _mean_softplus(f)
+    g_loss = _mean_softplus(-f) + _mean_softplus(r)
+    return d_loss, g_loss
+
+
+def rsgan(real_logits, fake_logits):
+    """Relativistic standard GAN: pairs real and fake samples of the batch.
+
+    L_D = −E log σ(C(x_r) − C(x_f));  L_G = −E log σ(C(x_f) − C(x_r)).
+    """
+    real, fake = _f32(real_logits), _f32(fake_logits)
+    return _mean_softplus(fake - real), _mean_softplus(real - fake)
+
+
+def minimax(real_logits, fake_logits):
+    """The original GAN game (3D-GAN): D maximises log D(x) + log(1 − D(G(z))),
+    G minimises log(1 − D(G(z))) (the saturating form).
+
+    L_D = −E log σ(C(x_r)) − E log(1 − σ(C(x_f)));  L_G = E log(1 − σ(C(x_f))) = −E softplus(C(x_f)).
+    """
+    real, fake = _f32(real_logits), _f32(fake_logits)
+    d_loss = _mean_softplus(-real) + _mean_softplus(fake)
+    return d_loss, -_mean_softplus(fake)
+
+
+def sgan(real_logits, fake_logits):
+    """Standard GAN with the non-saturating generator loss L_G = −E log σ(C(x_f))."""
+    real, fake = _f32(real_logits), _f32(fake_logits)
+    d_loss = _mean_softplus(-real) + _mean_softplus(fake)
+    return d_loss, _mean_softplus(-fake)
+
+
+def wgan_gp(real_logits, fake_logits):
+    """Wasserstein critic losses: L_D = E C(x_f) − E C(x_r), L_G = −E C(x_f).
+
+    The gradient penalty λ·E(‖∇C(x̂)‖ − 1)² needs gradients, so the trainer adds it
+    (see ``gradient_penalty_from_grads`` and ``GP_WEIGHT``).
+    """
+    real, fake = _f32(real_logits), _f32(fake_logits)
+    return ops.mean(fake) - ops.mean(real), -ops.mean(fake)
+
+
+GP_WEIGHT = 10.0
+GP_EPSILON = 1e-12
+
+
+def gradient_penalty_from_grads(grads):
+    """WGAN-GP penalty E(‖g‖ − 1)² from D's input gradients ``grads`` (N, ...) at the
+    interpolates; the norm has an epsilon inside the square root so it is differentiable at 0."""
+    g = _f32(grads)
+    norms = ops.sqrt(ops.sum(ops.square(ops.reshape(g, (ops.shape(g)[0], -1))), axis=1) + GP_EPSILON)
+    return ops.mean(ops.square(norms - 1.0))
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    fn: Callable
+    relativistic: bool     # D's decisions compare real against fake scores
+    default_d_rule: str    # when to train D: "ratio" (the RaSGAN seed), "accuracy" (3D-GAN), "always"
+
+
+OBJECTIVES = {
+    "rasgan": Objective("rasgan", rasgan, True, "ratio"),
+    "rsgan": Objective("rsgan", rsgan, True, "ratio"),
+    "minimax": Objective("minimax", minimax, False, "accuracy"),
+    "sgan": Objective("sgan", sgan, False, "accuracy"),
+    "wgan-gp": Objective("wgan-gp", wgan_gp, True, "always"),
+}
+
+
+def get_objective(name: str) -> Objective:
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(OBJECTIVES)}") from None
+
+
+def d_accuracy(objective: Objective, real_logits, fake_logits):
+    """Share of the batch D classifies correctly (the 3D-GAN paper's "train D only when
+    its accuracy ≤ 0.8" rule).  Relativistic objectives judge C(x) against the other
+    batch's mean score; the others judge the sign of the logit."""
+    real, fake = _f32(real_logits), _f32(fake_logits)
+    if objective.relativistic:
+        real, fake = real - ops.mean(fake), fake - ops.mean(real)
+    hits = ops.mean(ops.cast(real > 0, "float32")) + ops.mean(ops.cast(fake < 0, "float32"))
+    return hits / 2.0

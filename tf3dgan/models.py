@@ -1,0 +1,199 @@
+"""Generator and discriminator of the two seed architectures, as Keras 3 subclassed models.
+
+Only ``keras.layers`` / ``keras.ops`` are used, so the models run under every Keras
+backend (TensorFlow for training here, JAX for the GPU benchmarks).
+
+Architectures (channels-last, grids batched as ``(N, D, H, W, 1)``):
+
+``rasgan64`` — 64-3D-RaSGAN (jpjuvo): G = Dense(z → 4³·512) → BN → ReLU → 4 ×
+  Conv3DTranspose(k4, s2, same) 512→256→128→64→1 with BN+ReLU after all but the last;
+  raw (linear) output.  D = Conv3D(k4, s2, same) 1→64 LeakyReLU(0.2) [no BN], then
+  64→128→256→512 each BN + LeakyReLU(0.2), Flatten, Dense(1) → logit.  Weights N(0, 0.02),
+  biases 0, G's BN gammas N(1, 0.02).
+
+``3dgan32`` — the 3D-GAN PyTorch seed (Wu et al. 2016, 32³): G = z as 1³×200 →
+  Conv3DTranspose k2 s1 → 512, then k2 s2 → 256 → 128 → 64 → 1, no biases, BN+ReLU after
+  all but the last, sigmoid output.  D = Conv3D k3 s2 valid, no biases, 1→64→128→256→512
+  each BN + LeakyReLU(0.2) (32→15→7→3→1), then Conv3D k1 512→1 → logit.
+
+``resolution`` changes the number of up/down-sampling stages (the layers nearest the
+output are kept, so a 16³ ``rasgan64`` is Dense→4³·128 → 8³·64 → 16³·1), and ``width``
+multiplies every channel count except the single output channel; both exist so tests and
+CPU demos can train small versions.  BatchNorm uses momentum 0.9 and epsilon 1e-5 (the
+TF1/tensorlayer and PyTorch defaults of the seeds).  The logit layer of D and G's output
+activation compute in float32 under a mixed-precision policy.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import keras
+from keras import layers
+
+LATENT_DIM = 200
+ARCHS = ("rasgan64", "3dgan32")
+_NATIVE_RESOLUTION = {"rasgan64": 64, "3dgan32": 32}
+_DEFAULT_OUTPUT = {"rasgan64": "linear", "3dgan32": "sigmoid"}
+_BN = dict(momentum=0.9, epsilon=1e-5)
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """Everything needed to rebuild a generator/discriminator pair (stored in config.json)."""
+
+    arch: str = "rasgan64"
+    width: float = 1.0
+    resolution: int = 64
+    output_activation: str = "linear"
+    latent_dim: int = LATENT_DIM
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_spec(arch: str = "rasgan64", width: float = 1.0, resolution: int | None = None,
+              output_activation: str | None = None, latent_dim: int = LATENT_DIM) -> ArchSpec:
+    """Validate the options and fill in the architecture's defaults."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    resolution = int(resolution or _NATIVE_RESOLUTION[arch])
+    smallest = 8 if arch == "rasgan64" else 4
+    if resolution < smallest or resolution & (resolution - 1):
+        raise ValueError(f"{arch}: resolution must be a power of two >= {smallest}, got {resolution}")
+    if not width > 0:
+        raise ValueError(f"width must be positive, got {width}")
+    output_activation = output_activation or _DEFAULT_OUTPUT[arch]
+    if output_activation not in ("linear", "sigmoid"):
+        raise ValueError(f"output activation must be 'linear' or 'sigmoid', got {output_activation!r}")
+    return ArchSpec(arch, float(width), resolution, output_activation, int(latent_dim))
+
+
+def _channels(base: int, width: float) -> int:
+    return max(1, int(round(base * width)))
+
+
+def _init(std=0.02, mean=0.0):
+    return keras.initializers.RandomNormal(mean=mean, stddev=std)
+
+
+def _build_chain(blocks, input_shape):
+    """Build a chain of layers from an input shape (no data needed)."""
+    shape = tuple(input_shape)
+    for layer in blocks:
+        if not layer.built:
+            layer.build(shape)
+        shape = layer.compute_output_shape(shape)
+    return shape
+
+
+class Generator(keras.Model):
+    """Maps latent vectors ``(N, latent_dim)`` to voxel grids ``(N, R, R, R, 1)`` (float32)."""
+
+    def __init__(self, arch="rasgan64", width=1.0, resolution=None, output_activation=None,
+                 latent_dim=LATENT_DIM, dtype_policy=None, **kwargs):
+        kwargs.setdefault("name", "generator")
+        super().__init__(**kwargs)
+        self.spec = make_spec(arch, width, resolution, output_activation, latent_dim)
+        s, p = self.spec, dtype_policy
+        stages = int(math.log2(s.resolution // (4 if s.arch == "rasgan64" else 2)))
+        chans = [_channels(64 * 2**i, s.width) for i in reversed(range(stages))]
+        conv = dict(kernel_initializer=_init(), dtype=p)
+        bn = dict(gamma_initializer=_init(mean=1.0), dtype=p, **_BN)
+        self.blocks = []
+        if s.arch == "rasgan64":
+            self.blocks += [layers.Dense(4 * 4 * 4 * chans[0], **conv),
+                            layers.Reshape((4, 4, 4, chans[0]), dtype=p)]
+            ups = [layers.Conv3DTranspose(c, 4, strides=2, padding="same", **conv) for c in chans[1:]]
+            last = layers.Conv3DTranspose(1, 4, strides=2, padding="same", **conv)
+        else:
+            self.blocks += [layers.Reshape((1, 1, 1, s.latent_dim), dtype=p),
+                            layers.Conv3DTranspose(chans[0], 2, strides=1, use_bias=False, **conv)]
+            ups = [layers.Conv3DTranspose(c, 2, strides=2, use_bias=False, **conv) for c in chans[1:]]
+            last = layers.Conv3DTranspose(1, 2, strides=2, use_bias=False, **conv)
+        self.blocks += [layers.BatchNormalization(**bn), layers.ReLU(dtype=p)]
+        for up in ups:
+            self.blocks += [up, layers.BatchNormalization(**bn), layers.ReLU(dtype=p)]
+        self.blocks += [last, layers.Activation(s.output_activation, dtype="float32")]
+
+    def build(self, input_shape):
+        _build_chain(self.blocks, input_shape)
+        self.built = True
+
+    def call(self, z, training=False):
+        x = z
+        for layer in self.blocks:
+            x = layer(x, training=training) if isinstance(layer, layers.BatchNormalization) else layer(x)
+        return x
+
+    def get_config(self):
+        return self.spec.to_dict()
+
+
+class Discriminator(keras.Model):
+    """Maps voxel grids ``(N, R, R, R, 1)`` to one float32 logit per grid, ``(N, 1)``."""
+
+    def __init__(self, arch="rasgan64", width=1.0, resolution=None, output_activation=None,
+                 latent_dim=LATENT_DIM, dtype_policy=None, **kwargs):
+        kwargs.setdefault("name", "discriminator")
+        super().__init__(**kwargs)
+        self.spec = make_spec(arch, width, resolution, output_activation, latent_dim)
+        s, p = self.spec, dtype_policy
+        act = dict(negative_slope=0.2, dtype=p)
+        bn = dict(dtype=p, **_BN)
+        self.blocks = []
+        if s.arch == "rasgan64":
+            stages = int(math.log2(s.resolution // 4))
+            for i in range(stages):
+                self.blocks.append(layers.Conv3D(_channels(64 * 2**i, s.width), 4, strides=2,
+                                                 padding="same", kernel_initializer=_init(), dtype=p))
+                if i > 0:
+                    self.blocks.append(layers.BatchNormalization(**bn))
+                self.blocks.append(layers.LeakyReLU(**act))
+            self.blocks += [layers.Flatten(dtype=p),
+                            layers.Dense(1, kernel_initializer=_init(), dtype="float32")]
+        else:
+            size, i = s.resolution, 0
+            while size > 1:   # k3 s2 valid: 32 -> 15 -> 7 -> 3 -> 1
+                self.blocks += [layers.Conv3D(_channels(64 * 2**i, s.width), 3, strides=2, use_bias=False,
+                                              kernel_initializer=_init(), dtype=p),
+                                layers.BatchNormalization(**bn), layers.LeakyReLU(**act)]
+                size, i = (size - 3) // 2 + 1, i + 1
+            self.blocks += [layers.Conv3D(1, 1, use_bias=False, kernel_initializer=_init(), dtype="float32"),
+                            layers.Flatten(dtype="float32")]
+
+    def build(self, input_shape):
+        _build_chain(self.blocks, input_shape)
+        self.built = True
+
+    def call(self, x, training=False):
+        for layer in self.blocks:
+            x = layer(x, training=training) if isinstance(layer, layers.BatchNormalization) else layer(x)
+        return x
+
+    def get_config(self):
+        return self.spec.to_dict()
+
+
+def build_models(arch: str = "rasgan64", width: float = 1.0, resolution: int | None = None,
+                 output_activation: str | None = None, latent_dim: int = LATENT_DIM,
+                 dtype_policy: str | None = None):
+    """Return the built ``(generator, discriminator)`` pair for an architecture name.
+
+    ``dtype_policy`` is a Keras dtype policy name (``"float32"``, ``"mixed_float16"``,
+    ``"mixed_bfloat16"``); ``None`` uses Keras' global policy.  The models are built
+    (weights created), so ``count_params()`` and weight loading work at once.
+    """
+    spec = make_spec(arch, width, resolution, output_activation, latent_dim)
+    kw = dict(spec.to_dict(), dtype_policy=dtype_policy)
+    generator, discriminator = Generator(**kw), Discriminator(**kw)
+    r = spec.resolution
+    generator.build((None, spec.latent_dim))
+    discriminator.build((None, r, r, r, 1))
+    return generator, discriminator
+
+
+def build_from_config(config: dict, dtype_policy: str | None = None):
+    """Build the pair from a run's ``config.json`` ``model`` section (an ``ArchSpec`` dict)."""
+    return build_models(**{k: config[k] for k in ArchSpec.__dataclass_fields__ if k in config},
+                        dtype_policy=dtype_policy)
