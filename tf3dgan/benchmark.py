@@ -1,0 +1,243 @@
+"""Train-step throughput: analytic FLOP counts and a timed benchmark of the compiled step.
+
+``forward_flops`` / ``step_flops`` count the multiply-adds (× 2) of the dense and
+convolution layers of a model's ``blocks`` list from their shapes alone; they use Keras
+layer classes only, so they work under every Keras backend.  Bias adds, BatchNorm,
+activations, losses and optimizer updates are left out (under 1 % for these models).
+
+One full train step (D update, then G update, as :class:`tf3dgan.training.GANTrainer`
+runs it with D always trained) costs, per sample, with ``F_G`` and ``F_D`` the forward
+FLOPs of one grid through each network and a backward pass ≈ 2 forward passes::
+
+    D update: G forward (F_G), D forward on real and fake (2 F_D), D backward on both (4 F_D)
+    G update: G forward (F_G), D forward on real and fake (2 F_D),
+              D backward on fake to reach G (2 F_D), G backward (2 F_G)
+    total    = 4 F_G + 10 F_D
+
+For ``rasgan64`` at batch 24 that is 2.62 TFLOP.  The WGAN-GP penalty (an extra D pass and
+a double backward) is not counted.
+
+``bench`` builds a pair, trains it on synthetic furniture and reports the median time of
+single compiled calls; :func:`format_table` renders results as ``tools/bench.py`` prints them.
+"""
+from __future__ import annotations
+
+import gc
+import math
+import os
+import platform
+import statistics
+import time
+from typing import Iterable, Sequence
+
+import keras
+
+from .models import Discriminator, build_models, make_spec
+
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+RESULT_KEYS = ("backend", "arch", "batch", "precision", "xla", "steps_per_call", "width", "resolution", "loss",
+               "ms_per_step", "ms_per_step_min", "ms_per_step_max", "samples_per_s", "step_tflop",
+               "achieved_tflops", "achieved_gflops", "peak_tflops", "pct_of_peak", "calls_timed", "steps_timed",
+               "warmup_calls", "trace_count", "device", "tf_version", "keras_version", "loadavg_before",
+               "loadavg_after")
+
+# ---------------------------------------------------------------------------------------- FLOPs
+
+_CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
+_CONV_T = (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose)
+
+
+def _per_sample(input_shape: Sequence) -> tuple:
+    shape = tuple(input_shape)
+    if shape and shape[0] is None:
+        shape = shape[1:]
+    if not shape or any(d is None for d in shape):
+        raise ValueError(f"forward_flops needs a fully known per-sample input shape, got {tuple(input_shape)}")
+    return tuple(int(d) for d in shape)
+
+
+def _layer_flops(layer, in_shape: tuple, out_shape: tuple) -> int:
+    """FLOPs (2 × multiply-adds) of one layer for one sample; shapes include a batch axis of 1."""
+    if isinstance(layer, _CONV_T):   # every input voxel scatters a k^d × Cin × Cout product
+        return 2 * math.prod(in_shape[1:-1]) * math.prod(layer.kernel_size) * in_shape[-1] * out_shape[-1] \
+            // int(getattr(layer, "groups", 1) or 1)
+    if isinstance(layer, _CONV):     # every output voxel gathers a k^d × Cin × Cout product
+        return 2 * math.prod(out_shape[1:-1]) * math.prod(layer.kernel_size) * in_shape[-1] * out_shape[-1] \
+            // int(getattr(layer, "groups", 1) or 1)
+    if isinstance(layer, keras.layers.Dense):   # applies to the last axis of its input
+        return 2 * math.prod(in_shape[1:-1]) * in_shape[-1] * int(layer.units)
+    return 0
+
+
+def forward_flops(model, input_shape: Sequence | None = None) -> int:
+    """Analytic FLOPs (2 × multiply-adds) of one forward pass of ``model`` for one sample.
+
+    Walks ``model.blocks`` (``model.layers`` when it has none) with ``compute_output_shape``,
+    counting Dense, ConvND and ConvNDTranspose layers; other layers count 0.
+    ``input_shape`` is the per-sample shape (a leading ``None`` is allowed and dropped); for
+    this package's Generator/Discriminator it defaults to ``(latent_dim,)`` / ``(R, R, R, 1)``.
+    """
+    if input_shape is None:
+        input_shape = _default_input_shape(model)
+    shape = (1,) + _per_sample(input_shape)
+    total = 0
+    for layer in getattr(model, "blocks", None) or model.layers:
+        out = tuple(layer.compute_output_shape(shape))
+        total += _layer_flops(layer, shape, out)
+        shape = out
+    return int(total)
+
+
+def _default_input_shape(model) -> tuple:
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        raise ValueError(f"{model.name}: pass input_shape (the model has no architecture spec)")
+    if isinstance(model, Discriminator):
+        return (spec.resolution,) * 3 + (1,)
+    return (spec.latent_dim,)
+
+
+def step_flops(generator, discriminator, batch: int) -> int:
+    """Analytic FLOPs of one full train step (D update + G update) at ``batch``: batch × (4 F_G + 10 F_D)."""
+    f_g = forward_flops(generator, (generator.spec.latent_dim,))
+    r = discriminator.spec.resolution
+    f_d = forward_flops(discriminator, (r, r, r, 1))
+    return int(batch) * (4 * f_g + 10 * f_d)
+
+
+# ---------------------------------------------------------------------------------------- device
+
+def device_name() -> str:
+    """The accelerator TensorFlow trains on: the first GPU's name, else the CPU model and core count."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        try:
+            name = tf.config.experimental.get_device_details(gpus[0]).get("device_name") or gpus[0].name
+        except Exception:   # details are best effort
+            name = gpus[0].name
+        return f"GPU: {name}" + (f" (+{len(gpus) - 1} more)" if len(gpus) > 1 else "")
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"CPU: {name} ({os.cpu_count()} logical cores)"
+
+
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+# ---------------------------------------------------------------------------------------- bench
+
+def bench(arch: str = "rasgan64", batch: int = 24, precision: str = "float32", xla: bool = False,
+          steps_per_call: int = 1, width: float = 1.0, resolution: int | None = None, steps: int = 10,
+          warmup: int = 2, loss: str = "rasgan", peak_tflops: float | None = None, seed: int = 0) -> dict:
+    """Time the compiled train step of one configuration; returns a dict with :data:`RESULT_KEYS`.
+
+    Builds the pair under the ``precision`` dtype policy and a :class:`GANTrainer`
+    (``d_rule="always"``, so every step trains both networks) on ``batch × steps_per_call``
+    synthetic furniture grids; every call starts a fresh epoch (outside the timing), so one call
+    of ``steps_per_call`` steps is exactly one epoch.  ``warmup`` calls (tracing included) are
+    not timed; then ``steps`` calls are timed one by one, each ending with ``.numpy()`` on its
+    metrics so the device has finished.  ``ms_per_step`` is the median call time divided by
+    ``steps_per_call``; ``achieved_tflops`` divides the analytic :func:`step_flops` by it.
+    """
+    import tensorflow as tf
+
+    from . import data, synthetic
+    from .training import GANTrainer
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    for name, value, low in (("batch", batch, 1), ("steps_per_call", steps_per_call, 1), ("steps", steps, 1),
+                             ("warmup", warmup, 0)):
+        if int(value) != value or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    spec = make_spec(arch, width, resolution)
+    load_before = _loadavg()
+    generator, discriminator = build_models(spec.arch, spec.width, spec.resolution, dtype_policy=precision)
+    grids = synthetic.make_shapes("furniture", batch * steps_per_call, spec.resolution, seed)
+    trainer = GANTrainer(generator, discriminator, data.pack(grids), spec.resolution, batch_size=batch,
+                         loss=loss, d_rule="always", precision=precision, seed=seed, xla=bool(xla))
+
+    def call() -> float:
+        trainer.start_epoch()      # position 0: the call's steps fit in the epoch
+        trainer.position           # reads a variable: the shuffle has finished before the clock starts
+        t0 = time.perf_counter()
+        metrics = trainer.train_steps(steps_per_call)
+        metrics["g_loss"].numpy()
+        return time.perf_counter() - t0
+
+    for _ in range(warmup):
+        call()
+    times = [call() for _ in range(steps)]
+
+    ms = 1000.0 * statistics.median(times) / steps_per_call
+    flop = step_flops(generator, discriminator, batch)
+    tflops = flop / 1e12 / (ms / 1000.0)
+    result = {
+        "backend": "tf", "arch": spec.arch, "batch": int(batch), "precision": precision, "xla": bool(xla),
+        "steps_per_call": int(steps_per_call), "width": spec.width, "resolution": spec.resolution, "loss": loss,
+        "ms_per_step": round(ms, 3),
+        "ms_per_step_min": round(1000.0 * min(times) / steps_per_call, 3),
+        "ms_per_step_max": round(1000.0 * max(times) / steps_per_call, 3),
+        "samples_per_s": round(batch * 1000.0 / ms, 3),
+        "step_tflop": flop / 1e12,
+        "achieved_tflops": tflops,
+        "achieved_gflops": round(tflops * 1000.0, 3),
+        "peak_tflops": peak_tflops,
+        "pct_of_peak": None if not peak_tflops else round(100.0 * tflops / peak_tflops, 3),
+        "calls_timed": len(times), "steps_timed": len(times) * steps_per_call, "warmup_calls": int(warmup),
+        "trace_count": int(trainer.trace_count),
+        "device": device_name(), "tf_version": tf.__version__, "keras_version": keras.__version__,
+        "loadavg_before": load_before, "loadavg_after": _loadavg(),
+    }
+    del trainer, generator, discriminator
+    keras.backend.clear_session()
+    gc.collect()
+    return result
+
+
+def bench_grid(batches: Iterable[int], precisions: Iterable[str], xlas: Iterable[bool], **kwargs):
+    """Yield :func:`bench` results for every (batch, precision, xla) combination, in that nesting order."""
+    for b in batches:
+        for p in precisions:
+            for x in xlas:
+                yield bench(batch=b, precision=p, xla=x, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------- table
+
+TABLE_HEADER = ("config", "ms/step", "samples/s", "GFLOP/s", "% of peak")
+_WIDTHS = (44, 10, 11, 10, 11)
+
+
+def config_label(r: dict) -> str:
+    """A short label: ``rasgan64 64³ w1 b8 float32 tf.function`` (+ ``spc4`` when several steps per call)."""
+    label = (f"{r['arch']} {r['resolution']}³ w{r['width']:g} b{r['batch']} {r['precision']} "
+             f"{'xla' if r['xla'] else 'tf.function'}")
+    return label + (f" spc{r['steps_per_call']}" if r["steps_per_call"] != 1 else "")
+
+
+def format_row(r: dict | Sequence[str]) -> str:
+    if isinstance(r, dict):
+        pct = "-" if r.get("pct_of_peak") is None else f"{r['pct_of_peak']:.1f}"
+        cells = (config_label(r), f"{r['ms_per_step']:.1f}", f"{r['samples_per_s']:.2f}",
+                 f"{r['achieved_gflops']:.1f}", pct)
+    else:
+        cells = tuple(r)
+    return cells[0].ljust(_WIDTHS[0]) + "".join(c.rjust(w) for c, w in zip(cells[1:], _WIDTHS[1:]))
+
+
+def format_table(results: Sequence[dict]) -> str:
+    return "\n".join([format_row(TABLE_HEADER)] + [format_row(r) for r in results])
