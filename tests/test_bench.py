@@ -100,7 +100,7 @@ def test_cli_json_tiny_run(tmp_path):
 
 
 def test_cli_rejects_bad_options(capsys):
-    from tools import bench as tool
+    from tf3dgan.tools import bench as tool   # tools/ installed as tf3dgan.tools (setup.py)
 
     with pytest.raises(SystemExit) as exc:
         tool.main(["--resolution", "12"])
