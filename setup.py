@@ -1,0 +1,35 @@
+from pathlib import Path
+
+from setuptools import setup
+
+here = Path(__file__).parent
+version = {}
+exec((here / "tf3dgan" / "__init__.py").read_text(), version)
+
+TOOLS = ["train", "bench"]
+
+setup(
+    name="tf3dgan",
+    version=version["__version__"],
+    description="3D voxel GANs (64-3D-RaSGAN, 3D-GAN) in TensorFlow / Keras 3",
+    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=["tf3dgan", "tf3dgan.tools"],
+    package_dir={"tf3dgan": "tf3dgan", "tf3dgan.tools": "tools"},
+    install_requires=[
+        "tensorflow>=2.16",
+        "keras>=3.5",
+        "numpy>=1.24",
+        "scipy>=1.10",
+        "tqdm>=4.60",
+        "matplotlib>=3.7",
+        "tensorboard>=2.16",
+    ],
+    extras_require={
+        "cuda": ["tensorflow[and-cuda]>=2.16"],
+        "jax": ["jax>=0.4.30", "jaxlib>=0.4.30"],
+        "test": ["pytest>=7", "jax>=0.4.30", "jaxlib>=0.4.30"],
+    },
+    entry_points={"console_scripts": [f"tf3dgan-{t.replace('_', '-')}=tf3dgan.tools.{t}:cli" for t in TOOLS]},
+)

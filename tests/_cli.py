@@ -1,0 +1,40 @@
+"""Run the command-line tools as a user would: a subprocess of this Python, from the repo root."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
+
+# A tiny rasgan64 (8³ grids, width 1/8) that trains in well under a second per epoch.
+TINY = ["-d", "synthetic:boxes:res=8:n=32", "-b", "8", "--width", "0.125", "--no-progress"]
+
+
+def tool_env() -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
+
+
+def tool(name: str, *args, timeout: float = 300, cwd=None) -> subprocess.CompletedProcess:
+    """Run ``tools/<name>.py`` with ``args``; returns the finished process (text output)."""
+    cmd = [sys.executable, str(REPO / "tools" / f"{name}.py"), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=cwd or REPO, env=tool_env())
+
+
+def start_tool(name: str, *args, cwd=None) -> subprocess.Popen:
+    cmd = [sys.executable, str(REPO / "tools" / f"{name}.py"), *map(str, args)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=cwd or REPO, env=tool_env())
+
+
+def error_line(proc: subprocess.CompletedProcess) -> str:
+    """The tool's error: exactly one ``error:`` line on stderr and no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    return lines[0]

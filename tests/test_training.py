@@ -1,0 +1,157 @@
+"""The train step and the run loop: the in-graph D rule, no retracing, exact resume, outputs."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tf3dgan import runs
+from tf3dgan.data import pack
+from tf3dgan.errors import CheckpointError, Tf3dganError
+from tf3dgan.fit import TrainConfig, fit, lr_at, parse_lr_schedule
+from tf3dgan.synthetic import make_shapes
+
+
+def tiny_trainer(loss="rasgan", d_rule=None, n=32, batch=8, **kw):
+    from tf3dgan.models import build_models
+    from tf3dgan.training import GANTrainer
+
+    g, d = build_models("rasgan64", width=0.125, resolution=8, output_activation="sigmoid")
+    data = pack(make_shapes("boxes", n, 8, seed=1))
+    return GANTrainer(g, d, data, 8, batch_size=batch, loss=loss, d_rule=d_rule, seed=3, **kw)
+
+
+def replay_rule(rule, d_loss, g_loss, accuracy, alpha=0.3):
+    """NumPy transcription of the seed's rule: which steps train D, given the step losses."""
+    trained, train_next, d_s, g_s = [], True, 0.0, 0.0
+    for d, g, acc in zip(d_loss, g_loss, accuracy):
+        trained.append(train_next)
+        d_s, g_s = alpha * d + (1 - alpha) * d_s, alpha * g + (1 - alpha) * g_s
+        train_next = {"ratio": 2 * d_s > g_s, "accuracy": acc <= 0.8, "always": True}[rule]
+    return np.array(trained, dtype=np.float32)
+
+
+@pytest.mark.parametrize("loss,rule", [("rasgan", "ratio"), ("sgan", "accuracy"), ("wgan-gp", "always")])
+def test_d_rule_runs_in_graph_as_the_seed_describes(loss, rule):
+    trainer = tiny_trainer(loss=loss, d_rule=None if rule != "always" else "always",
+                           g_lr=0.01, d_lr=0.0005)
+    assert trainer.d_rule == rule
+    trainer.start_epoch()
+    m = {k: v.numpy() for k, v in trainer.train_steps(4).items()}
+    trainer.start_epoch()
+    m2 = {k: v.numpy() for k, v in trainer.train_steps(4).items()}
+    m = {k: np.concatenate([m[k], m2[k]]) for k in m}
+    assert np.isfinite(m["d_loss"]).all() and np.isfinite(m["g_loss"]).all()
+    np.testing.assert_array_equal(m["d_trained"], replay_rule(rule, m["d_loss"], m["g_loss"], m["d_accuracy"]))
+    assert trainer.trace_count == 1
+
+
+def test_ratio_rule_skips_d_when_it_is_ahead():
+    # D far ahead (big D lr, tiny G lr): the seed's rule must stop training D on some steps,
+    # and a skipped step must leave D's weights untouched.
+    trainer = tiny_trainer(g_lr=1e-6, d_lr=0.05)
+    trainer.start_epoch()
+    trained = []
+    for _ in range(6):
+        if trainer.position >= trainer.steps_per_epoch:
+            trainer.start_epoch()
+        before = [w.numpy().copy() for w in trainer.D.trainable_weights]
+        m = trainer.train_steps(1)
+        after = [w.numpy() for w in trainer.D.trainable_weights]
+        changed = any(not np.array_equal(a, b) for a, b in zip(before, after))
+        assert changed == bool(m["d_trained"].numpy()[0])
+        trained.append(changed)
+    assert trained[0] and not all(trained)
+
+
+def test_learning_rates_are_variables_and_the_step_traces_once():
+    trainer = tiny_trainer()
+    trainer.start_epoch()
+    for i, n in enumerate([1, 3, 2, 4]):
+        if trainer.position + n > trainer.steps_per_epoch:
+            trainer.start_epoch()
+        trainer.set_learning_rates(0.001 * (i + 1), 0.0001 * (i + 1))
+        trainer.train_steps(n)
+    assert trainer.learning_rates == pytest.approx((0.004, 0.0004))
+    assert trainer.trace_count == 1
+
+
+def test_state_round_trip_is_exact_and_checked():
+    a, b = tiny_trainer(), tiny_trainer()
+    a.start_epoch()
+    a.train_steps(2)
+    state = a.state_arrays()
+    b.load_state_arrays(state)
+    for key, value in b.state_arrays().items():
+        np.testing.assert_array_equal(value, state[key], err_msg=key)
+    bad = dict(state, **{"g/000": np.zeros((3, 3), np.float32)})
+    with pytest.raises(CheckpointError, match="g/000"):
+        b.load_state_arrays(bad)
+
+
+def test_lr_schedule_parsing(tmp_path):
+    seed_chair = "0:0.002/0.00005,300:0.005/0.00005,1200:0.007/0.00003,1600:0.008/0.00001"
+    schedule = parse_lr_schedule(seed_chair, 0.1, 0.1)
+    assert lr_at(schedule, 0) == (0.002, 0.00005)
+    assert lr_at(schedule, 299) == (0.002, 0.00005)
+    assert lr_at(schedule, 1200) == (0.007, 0.00003)
+    assert lr_at(schedule, 2999) == (0.008, 0.00001)
+    path = tmp_path / "lr.json"
+    path.write_text(json.dumps({"10": [0.005, 0.0001], "20": {"g": 0.001, "d": 0.00002}}))
+    schedule = parse_lr_schedule(str(path), 0.002, 0.00005)
+    assert [lr_at(schedule, e) for e in (0, 10, 25)] == [(0.002, 0.00005), (0.005, 0.0001), (0.001, 0.00002)]
+    with pytest.raises(Tf3dganError, match="lr-schedule"):
+        parse_lr_schedule("0:abc", 0.1, 0.1)
+
+
+def tiny_config(tmp_path, **kw):
+    base = dict(name="run", data="synthetic:boxes:res=8:n=32", batchsize=8, width=0.125, out=str(tmp_path),
+                sample=1, save=1, graph=2, graph3d=2, progress=False, deterministic=True, seed=5,
+                lr_schedule="0:0.002/0.0002,3:0.001/0.0001")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = fit(tiny_config(tmp_path / "a", epochs=4))
+    fit(tiny_config(tmp_path / "b", epochs=2))
+    resumed = fit(tiny_config(tmp_path / "b", epochs=4, load=True))
+    a, meta_a = runs.load_checkpoint(runs.checkpoint_path(straight))
+    b, meta_b = runs.load_checkpoint(runs.checkpoint_path(resumed))
+    assert meta_a["epoch"] == meta_b["epoch"] == 4
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    assert len(a["history/d_loss"]) == 4 * 4   # 32 grids / batch 8 = 4 steps per epoch
+
+
+def test_resume_from_an_earlier_epoch_truncates_history(tmp_path):
+    run = fit(tiny_config(tmp_path, epochs=3))
+    ckpt2, _ = runs.load_checkpoint(runs.checkpoint_path(run, 2))
+    fit(tiny_config(tmp_path, epochs=3, load=True, load_epoch=2))
+    latest, meta = runs.load_checkpoint(runs.checkpoint_path(run))
+    assert meta["epoch"] == 3 and len(latest["history/d_loss"]) == 12
+    np.testing.assert_array_equal(latest["history/d_loss"][:8], ckpt2["history/d_loss"])
+
+
+def test_refuses_to_overwrite_a_run_and_to_resume_a_missing_one(tmp_path):
+    fit(tiny_config(tmp_path, epochs=1))
+    with pytest.raises(Tf3dganError, match="already holds a run"):
+        fit(tiny_config(tmp_path, epochs=1))
+    with pytest.raises(CheckpointError, match="no such run"):
+        fit(tiny_config(tmp_path, name="other", epochs=1, load=True))
+    with pytest.raises(CheckpointError, match="saved epochs: 1"):
+        fit(tiny_config(tmp_path, epochs=2, load=True, load_epoch=7))
+
+
+def test_keep_prunes_old_numbered_checkpoints(tmp_path):
+    run = fit(tiny_config(tmp_path, epochs=4, keep=2))
+    assert runs.saved_epochs(run) == [3, 4]
+    assert runs.checkpoint_path(run).is_file()
+
+
+def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
+    cfg = tiny_config(tmp_path, epochs=3, lr_schedule=None, glr=1e30, dlr=1e30, output_activation="linear")
+    with pytest.raises(Tf3dganError, match=r"non-finite .* at epoch \d+, step \d+"):
+        fit(cfg)

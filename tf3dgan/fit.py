@@ -1,0 +1,385 @@
+"""The training run: settings, data, models, the epoch loop, outputs, checkpoints, resume.
+
+``fit(TrainConfig(...))`` is what ``tools/train.py`` calls.  Per epoch it runs
+``steps_per_epoch`` compiled steps (``steps_per_call`` at a time), reads the per-step
+metrics back once at the end of the epoch, and writes the run folder's outputs on the
+original's schedule (``-sample``, ``-save``, ``-graph``, ``-graph3d`` epochs).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import runs
+from .errors import CheckpointError, Tf3dganError
+
+HISTORY_KEYS = ("d_loss", "g_loss", "val_loss", "d_trained", "ratio", "d_accuracy", "loss_scale", "epoch")
+SAMPLE_COUNT = 8   # fixed latent vectors; <epoch>.npy is the first one's grid
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (saved as ``config.json``)."""
+
+    name: str = "Test"
+    data: str = "ModelNet10/chair/train"
+    validation_data: str = ""
+    epochs: int = 2500
+    batchsize: int = 24
+    sample: int = 10
+    save: int = 10
+    graph: int = 10
+    graph3d: int = 10
+    load: bool = False
+    load_epoch: int | None = None
+    glr: float = 0.002
+    dlr: float = 0.00005
+    arch: str = "rasgan64"
+    loss: str = "rasgan"
+    d_rule: str | None = None
+    precision: str | None = None
+    lr_schedule: str | None = None
+    seed: int = 0
+    width: float = 1.0
+    resolution: int | None = None
+    output_activation: str | None = None
+    xla: bool = False
+    steps_per_call: int = 1
+    out: str = "savepoint"
+    keep: int = 10
+    deterministic: bool = False
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------- learning-rate schedule
+def parse_lr_schedule(spec: str | None, glr: float, dlr: float) -> list[tuple[int, float, float]]:
+    """``"0:0.002/0.00005,300:0.005/0.00005"`` (epoch:G/D, ...) or a JSON file holding
+    ``{"0": [0.002, 0.00005], "300": {"g": 0.005, "d": 0.00005}}``.  Epochs before the first
+    entry use ``-glr``/``-dlr``.  Returns sorted ``(start_epoch, g_lr, d_lr)`` entries."""
+    entries = [(0, float(glr), float(dlr))]
+    if not spec:
+        return entries
+    try:
+        if os.path.isfile(spec):
+            with open(spec, encoding="utf-8") as f:
+                raw = json.load(f)
+            items = raw.items() if isinstance(raw, dict) else [(r["epoch"], r) for r in raw]
+            for epoch, value in items:
+                g, d = (value["g"], value["d"]) if isinstance(value, dict) else value
+                entries.append((int(epoch), float(g), float(d)))
+        else:
+            for part in filter(None, (p.strip() for p in spec.split(","))):
+                epoch, rates = part.split(":")
+                g, d = rates.split("/")
+                entries.append((int(epoch), float(g), float(d)))
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise Tf3dganError(f"--lr-schedule {spec!r}: expected 'EPOCH:GLR/DLR,...' or a JSON file of "
+                           f"{{\"EPOCH\": [GLR, DLR]}} ({type(e).__name__}: {e})") from None
+    if any(e < 0 or g <= 0 or d <= 0 for e, g, d in entries):
+        raise Tf3dganError(f"--lr-schedule {spec!r}: epochs must be >= 0 and rates > 0")
+    by_epoch = {e: (g, d) for e, g, d in entries}   # a later entry for epoch 0 replaces -glr/-dlr
+    return sorted((e, g, d) for e, (g, d) in by_epoch.items())
+
+
+def lr_at(schedule, epoch: int) -> tuple[float, float]:
+    g, d = schedule[0][1:]
+    for start, g_lr, d_lr in schedule:
+        if start <= epoch:
+            g, d = g_lr, d_lr
+    return g, d
+
+
+# ---------------------------------------------------------------------- signals
+class _StopRequest:
+    """SIGINT/SIGTERM set a flag; the loop finishes the current call, saves, and exits 0.
+    A second signal stops at once."""
+
+    def __init__(self):
+        self.signal = None
+        self._previous = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# ---------------------------------------------------------------------- the run
+class _Run:
+    """State and outputs of one training run (the body of ``fit``)."""
+
+    def __init__(self, cfg: TrainConfig):
+        import keras
+        import tensorflow as tf
+
+        from . import data as data_lib
+        from .models import build_models, make_spec
+        from .training import GANTrainer, default_precision
+
+        self.cfg, self.tf = cfg, tf
+        if cfg.load_epoch is not None:
+            cfg.load = True
+        self.dir = runs.run_path(cfg.out, cfg.name)
+        if cfg.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        keras.utils.set_random_seed(cfg.seed)
+
+        checkpoint = self._find_checkpoint()
+        saved = runs.read_config(self.dir) if cfg.load else None
+        model_cfg = saved["model"] if saved else None
+
+        want_res = model_cfg["resolution"] if model_cfg else cfg.resolution
+        self.data = data_lib.load_dataset(cfg.data, resolution=want_res, seed=cfg.seed)
+        self.val = (data_lib.load_dataset(cfg.validation_data, resolution=self.data.dim, seed=cfg.seed + 1)
+                    if cfg.validation_data else None)
+        if model_cfg is None:
+            model_cfg = make_spec(cfg.arch, cfg.width, self.data.dim, cfg.output_activation).to_dict()
+        self.spec = model_cfg
+        batch = cfg.batchsize
+        if batch > len(self.data):
+            print(f"warning: batch size {batch} is larger than the {len(self.data)} training grids in "
+                  f"{self.data.source}; using batch size {len(self.data)}")
+            batch = len(self.data)
+        self.batch = batch
+        self.precision = cfg.precision or default_precision()
+        self.schedule = parse_lr_schedule(cfg.lr_schedule, cfg.glr, cfg.dlr)
+
+        self.G, self.D = build_models(**model_cfg, dtype_policy=self.precision)
+        g_lr, d_lr = lr_at(self.schedule, 0)
+        self.trainer = GANTrainer(
+            self.G, self.D, self.data.packed, self.data.dim, batch_size=batch, loss=cfg.loss,
+            d_rule=cfg.d_rule, g_lr=g_lr, d_lr=d_lr, precision=self.precision, seed=cfg.seed,
+            validation_packed=None if self.val is None else self.val.packed, xla=cfg.xla)
+        self.sample_z = np.random.default_rng(cfg.seed).standard_normal(
+            (SAMPLE_COUNT, model_cfg["latent_dim"])).astype(np.float32)
+        self.history = {k: np.zeros(0, np.float32) for k in HISTORY_KEYS}
+        self.epoch = 0
+        if checkpoint is not None:
+            self._restore(checkpoint)
+        self._write_config()
+        self.writer = tf.summary.create_file_writer(str(self.dir / "logs"))
+
+    # -------------------------------------------------------------- setup helpers
+    def _find_checkpoint(self) -> Path | None:
+        cfg = self.cfg
+        existing = runs.saved_epochs(self.dir) or runs.checkpoint_path(self.dir).exists()
+        if not cfg.load:
+            if existing:
+                raise Tf3dganError(f"{self.dir} already holds a run with checkpoints; resume it with -l "
+                                   f"(or -l -le EPOCH), or choose another -n name")
+            return None
+        if not self.dir.is_dir():
+            raise CheckpointError(f"{self.dir}: no such run to resume (-l); check -n and --out")
+        path = runs.checkpoint_path(self.dir, cfg.load_epoch)
+        if not path.exists():
+            epochs = runs.saved_epochs(self.dir)
+            have = ", ".join(map(str, epochs)) if epochs else "none"
+            raise CheckpointError(f"{path}: no such checkpoint (saved epochs: {have})")
+        return path
+
+    def _restore(self, path: Path) -> None:
+        arrays, meta = runs.load_checkpoint(path)
+        hist = {k[len("history/"):]: arrays.pop(k) for k in list(arrays) if k.startswith("history/")}
+        self.trainer.load_state_arrays(arrays, source=str(path))
+        self.history.update({k: np.asarray(v, np.float32) for k, v in hist.items() if k in self.history})
+        self.epoch = int(meta["epoch"])
+        pos = self.trainer.position
+        where = f"epoch {self.epoch}" + (f", step {pos}" if 0 < pos < self.trainer.steps_per_epoch else "")
+        print(f"resumed {self.dir} from {path.name} ({where})")
+
+    def _write_config(self) -> None:
+        config = {"tf3dgan": __import__("tf3dgan").__version__, "settings": self.cfg.to_dict(),
+                  "model": self.spec, "precision": self.precision, "batch_size": self.batch,
+                  "data": {"source": self.data.source, "count": len(self.data), "dim": self.data.dim},
+                  "validation": None if self.val is None else {"source": self.val.source, "count": len(self.val)},
+                  "steps_per_epoch": self.trainer.steps_per_epoch, "lr_schedule": self.schedule,
+                  "loss": self.trainer.objective.name, "d_rule": self.trainer.d_rule}
+        runs.write_config(self.dir, config)
+
+    # -------------------------------------------------------------- the loop
+    def train(self) -> Path:
+        cfg, trainer = self.cfg, self.trainer
+        steps = trainer.steps_per_epoch
+        print(f"training {self.dir}: {len(self.data)} grids of {self.data.dim}³ from {self.data.source}, "
+              f"{cfg.arch if not cfg.load else self.spec['arch']} width {self.spec['width']}, batch {self.batch}, "
+              f"{steps} steps/epoch, {self.precision}, loss {trainer.objective.name}, D rule {trainer.d_rule}")
+        with _StopRequest() as stop:
+            while self.epoch < cfg.epochs:
+                results, seconds = self._train_epoch(stop)
+                self._append_history(results)
+                if trainer.position >= steps:   # the epoch is complete
+                    self.epoch += 1
+                    self._epoch_outputs(results, seconds)
+                if stop.signal is not None:
+                    path = self._save(numbered=False)
+                    where = f"epoch {self.epoch}" + (f", step {trainer.position}" if trainer.position < steps else "")
+                    print(f"{stop.signal}: stopped after {where}; saved {path} "
+                          f"(resume with: -n {cfg.name} -l)")
+                    return self.dir
+        print(f"done: {cfg.epochs} epochs; run folder {self.dir}")
+        return self.dir
+
+    def _train_epoch(self, stop):
+        from tqdm import tqdm
+
+        trainer, steps = self.trainer, self.trainer.steps_per_epoch
+        trainer.set_learning_rates(*lr_at(self.schedule, self.epoch))
+        if trainer.position in (0, steps):
+            trainer.start_epoch()
+        done, results, last_refresh = trainer.position, [], 0.0
+        bar = tqdm(total=steps, initial=done, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False,
+                   disable=not self.cfg.progress, dynamic_ncols=True)
+        start = time.perf_counter()
+        while done < steps and stop.signal is None:
+            n = min(self.cfg.steps_per_call, steps - done)
+            results.append(trainer.train_steps(n))
+            done += n
+            bar.update(n)
+            if len(results) > 1 and time.perf_counter() - last_refresh > 0.5:
+                last_refresh = time.perf_counter()   # show the previous call's numbers: no wait on this one
+                bar.set_postfix_str(_postfix(results[-2]))
+        merged = {k: np.concatenate([r[k].numpy() for r in results]) for k in results[0]} if results else {}
+        seconds = time.perf_counter() - start
+        bar.close()
+        bad = [k for k in ("d_loss", "g_loss") if k in merged and not np.isfinite(merged[k]).all()]
+        if bad:
+            first = int(np.argmin(np.isfinite(merged[bad[0]])))
+            epochs = runs.saved_epochs(self.dir)
+            last = f"ckpt-{epochs[-1]:06d}.npz" if epochs else "none yet"
+            raise Tf3dganError(f"non-finite {bad[0]} at epoch {self.epoch + 1}, step {done - len(merged[bad[0]]) + first + 1}"
+                               f"; stopped without saving (last good checkpoint: {last}); try lower learning rates")
+        return merged, seconds
+
+    def _append_history(self, results: dict) -> None:
+        if not results:
+            return
+        n = len(results["d_loss"])
+        results = dict(results, epoch=np.full(n, self.epoch, np.float32))
+        for k in HISTORY_KEYS:
+            self.history[k] = np.concatenate([self.history[k], results[k].astype(np.float32)])
+
+    def _epoch_outputs(self, results: dict, seconds: float) -> None:
+        cfg, e = self.cfg, self.epoch
+        n = len(results["d_loss"])
+        rate = n * self.batch / max(seconds, 1e-9)
+        val = float(np.nanmean(results["val_loss"])) if self.val is not None else float("nan")
+        g_lr, d_lr = self.trainer.learning_rates
+        line = (f"epoch {e}/{cfg.epochs}  d_loss {results['d_loss'].mean():.4f}  g_loss {results['g_loss'].mean():.4f}"
+                + (f"  val_d_loss {val:.4f}" if self.val is not None else "")
+                + f"  D trained {results['d_trained'].mean():.0%}  G/D ratio {int(results['ratio'][-1])}"
+                + f"  {rate:.1f} samples/s  {seconds:.1f}s")
+        from tqdm import tqdm
+        tqdm.write(line)
+        self._log_scalars(results, val, rate, g_lr, d_lr)
+        if e % cfg.sample == 0 or e == cfg.epochs:
+            self._save_sample()
+        if e % cfg.graph == 0 or e == cfg.epochs:
+            self._save_loss_graph()
+        if e % cfg.graph3d == 0 or e == cfg.epochs:
+            self._save_graph3d()
+        if e % cfg.save == 0 or e == cfg.epochs:
+            self._save(numbered=True)
+            runs.export_generator(self.dir, self.G)
+        self.writer.flush()
+
+    # -------------------------------------------------------------- outputs
+    def _samples(self) -> np.ndarray:
+        return self.trainer.generate(self.sample_z)
+
+    def _save_sample(self) -> None:
+        from .atomic import atomic_path
+        with atomic_path(self.dir / f"{self.epoch}.npy") as tmp:
+            np.save(tmp, self._samples()[0].astype(np.float32))
+
+    def _save_loss_graph(self) -> None:
+        from . import plots
+        h = self.history
+        val = h["val_loss"] if self.val is not None else None
+        g_lr, d_lr = self.trainer.learning_rates
+        plots.save_loss_plot(self.dir / "plots" / f"{self.epoch}.png", h["d_loss"], h["g_loss"], h["epoch"], val,
+                             title=f"{self.spec['arch']} {self.trainer.objective.name} "
+                                   f"[lrG={g_lr:.5f}, lrD={d_lr:.5f}]")
+        names = {"d_loss": "track_d_loss", "g_loss": "track_g_loss", "val_loss": "track_d_validation_loss",
+                 "epoch": "epochs", "d_trained": "track_d_trained", "ratio": "track_gd_ratio"}
+        from .atomic import atomic_path
+        for key, stem in names.items():
+            with atomic_path(self.dir / "plots" / f"{stem}.npy") as tmp:
+                np.save(tmp, h[key])
+
+    def _save_graph3d(self) -> None:
+        from . import plots
+        tf = self.tf
+        grid = self._samples()[0]
+        threshold = 0.5 if self.spec["output_activation"] == "sigmoid" else 0.3
+        title = f"{self.spec['arch']} [Epoch={self.epoch}]"
+        plots.save_voxel_graph(self.dir / "3D_graphs" / f"{self.epoch}.png", grid, title, threshold)
+        image = plots.voxel_graph_image(grid, title, threshold)
+        points = plots.surface_voxels(grid, threshold).astype(np.float32)
+        with self.writer.as_default(step=self.epoch):
+            tf.summary.image("sample/graph", image[None], step=self.epoch)
+            if len(points):
+                from tensorboard.plugins.mesh import summary_v2 as mesh_summary
+                height = points[:, 1] / max(grid.shape[1] - 1, 1)
+                colors = np.stack([255 * height, 96 + 0 * height, 255 * (1 - height)], -1).astype(np.uint8)
+                mesh_summary.mesh("sample/voxels", vertices=points[None], colors=colors[None], step=self.epoch)
+
+    def _log_scalars(self, results, val, rate, g_lr, d_lr) -> None:
+        tf = self.tf
+        n = len(results["d_loss"])
+        first_step = len(self.history["d_loss"]) - n
+        with self.writer.as_default():
+            for i in range(n):
+                step = first_step + i + 1
+                tf.summary.scalar("loss/d", results["d_loss"][i], step=step)
+                tf.summary.scalar("loss/g", results["g_loss"][i], step=step)
+                if self.val is not None:
+                    tf.summary.scalar("loss/d_validation", results["val_loss"][i], step=step)
+            step = first_step + n
+            tf.summary.scalar("train/d_trained_fraction", results["d_trained"].mean(), step=step)
+            tf.summary.scalar("train/gd_train_ratio", results["ratio"][-1], step=step)
+            tf.summary.scalar("train/d_accuracy", results["d_accuracy"].mean(), step=step)
+            tf.summary.scalar("lr/g", g_lr, step=step)
+            tf.summary.scalar("lr/d", d_lr, step=step)
+            tf.summary.scalar("train/loss_scale", results["loss_scale"][-1], step=step)
+            tf.summary.scalar("perf/samples_per_s", rate, step=step)
+            tf.summary.scalar("train/epoch", self.epoch, step=step)
+
+    def _save(self, numbered: bool) -> Path:
+        arrays = self.trainer.state_arrays()
+        arrays.update({f"history/{k}": v for k, v in self.history.items()})
+        meta = {"epoch": self.epoch, "step_in_epoch": self.trainer.position, "model": self.spec,
+                "precision": self.precision, "loss": self.trainer.objective.name, "time": time.time()}
+        return runs.save_checkpoint(self.dir, arrays, meta, numbered=numbered, keep=self.cfg.keep)
+
+
+def _postfix(metrics: dict) -> str:
+    d, g = metrics["d_loss"].numpy()[-1], metrics["g_loss"].numpy()[-1]
+    train_d = bool(metrics["d_trained"].numpy()[-1])
+    return f"d_loss={d:.4f} g_loss={g:.4f} TrainD={train_d} G/D={int(metrics['ratio'].numpy()[-1])}"
+
+
+def fit(cfg: TrainConfig) -> Path:
+    """Train (or resume) the run described by ``cfg``; returns the run folder."""
+    for field in ("epochs", "batchsize", "sample", "save", "graph", "graph3d", "steps_per_call"):
+        if getattr(cfg, field) < 1:
+            raise Tf3dganError(f"--{field.replace('_', '-')} must be at least 1, got {getattr(cfg, field)}")
+    return _Run(cfg).train()

@@ -1,0 +1,146 @@
+"""The run folder: paths, ``config.json``, checkpoints and the exported generator.
+
+Layout (``savepoint/<name>/``)::
+
+    config.json              every setting of the run (written atomically at start)
+    <epoch>.npy              generated samples
+    plots/  3D_graphs/  logs/  models/
+    checkpoints/ckpt-<epoch>.npz   full training state after <epoch> epochs (kept: the newest --keep)
+    checkpoints/latest.npz         the newest state (a hard link to the newest ckpt, or an
+                                   interrupted run's mid-epoch state)
+    generator.weights.h5     the generator alone (Keras weights) for generate/sample tools
+
+A checkpoint is one ``.npz`` written to a temporary file and renamed into place, so a
+kill at any moment leaves the previous checkpoint loadable.  It holds NumPy arrays only
+(weights, optimizer slots, trainer state, RNG state, loss histories) plus a JSON ``meta``
+entry, so it is independent of the Keras backend.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path, write_text
+from .errors import CheckpointError, Tf3dganError
+
+CONFIG_NAME = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+LATEST = "latest.npz"
+GENERATOR_WEIGHTS = "generator.weights.h5"
+_CKPT_RE = re.compile(r"^ckpt-(\d+)\.npz$")
+_META_KEY = "__meta__"
+
+
+def run_path(out: str | os.PathLike, name: str) -> Path:
+    if not name or Path(name).name != name or name in (".", ".."):
+        raise Tf3dganError(f"run name {name!r} must be a plain folder name (no '/' or '..')")
+    return Path(out) / name
+
+
+def write_config(run_dir: Path, config: dict) -> Path:
+    return write_text(Path(run_dir) / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def read_config(run_dir: Path) -> dict:
+    path = Path(run_dir) / CONFIG_NAME
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise Tf3dganError(f"{path}: no such file (is {run_dir} a tf3dgan run folder?)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise Tf3dganError(f"{path}: not valid JSON ({e})") from None
+
+
+def checkpoint_dir(run_dir: Path) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR
+
+
+def checkpoint_path(run_dir: Path, epoch: int | None = None) -> Path:
+    """``checkpoints/latest.npz``, or the one saved after ``epoch`` epochs."""
+    folder = checkpoint_dir(run_dir)
+    return folder / (LATEST if epoch is None else f"ckpt-{int(epoch):06d}.npz")
+
+
+def saved_epochs(run_dir: Path) -> list[int]:
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _CKPT_RE.match(p.name)))
+
+
+def save_checkpoint(run_dir: Path, arrays: dict[str, np.ndarray], meta: dict, *,
+                    numbered: bool = True, keep: int = 0) -> Path:
+    """Write the state atomically; ``numbered`` also keeps it as ``ckpt-<meta['epoch']>.npz``.
+
+    ``latest.npz`` always ends up holding this state.  ``keep`` > 0 deletes all but the
+    newest ``keep`` numbered checkpoints.  Returns the path written.
+    """
+    folder = checkpoint_dir(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = checkpoint_path(run_dir, meta["epoch"] if numbered else None)
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays, **{_META_KEY: np.array(json.dumps(meta))})
+    if numbered:
+        _link_latest(target)
+        if keep > 0:
+            for epoch in saved_epochs(run_dir)[:-keep]:
+                checkpoint_path(run_dir, epoch).unlink(missing_ok=True)
+    return target
+
+
+def _link_latest(target: Path) -> None:
+    latest = target.parent / LATEST
+    with atomic_path(latest) as tmp:
+        tmp.unlink()
+        try:
+            os.link(target, tmp)   # no second copy on disk
+        except OSError:
+            tmp.write_bytes(target.read_bytes())
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
+    """Read a checkpoint fully (so a damaged file fails here, with its name, not later)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {key: z[key] for key in z.files}
+        meta = json.loads(str(arrays.pop(_META_KEY)))
+    except KeyError:
+        raise CheckpointError(f"{path}: not a tf3dgan checkpoint (no metadata entry)") from None
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: {e})") from None
+    return arrays, meta
+
+
+def export_generator(run_dir: Path, generator) -> Path:
+    """Save the generator's weights alone (Keras ``.weights.h5``), atomically."""
+    path = Path(run_dir) / GENERATOR_WEIGHTS
+    with atomic_path(path) as tmp:
+        tmp.unlink()
+        generator.save_weights(str(tmp))
+    return path
+
+
+def load_generator(run_dir: Path, weights: Path | None = None, dtype_policy: str | None = "float32"):
+    """Rebuild a run's generator from ``config.json`` and load its exported weights."""
+    from .models import build_from_config
+
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    weights = Path(weights) if weights else run_dir / GENERATOR_WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: no such weights file (the run exports it at every -save epoch)")
+    generator, _ = build_from_config(config["model"], dtype_policy=dtype_policy)
+    try:
+        generator.load_weights(str(weights))
+    except (ValueError, OSError) as e:
+        raise CheckpointError(f"{weights}: cannot load generator weights ({type(e).__name__}: {e})") from None
+    return generator

@@ -1,0 +1,1 @@
+"""Command-line front-ends (installed as the ``tf3dgan.tools`` package and as console scripts)."""

@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Train a 3D voxel GAN (64-3D-RaSGAN by default): the original 64-3D-RaSGan.py flags, plus more.
+
+Example: python tools/train.py -n chair-1 -e 2500 -b 24 -glr 0.0025 -dlr 0.00003
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tf3dgan.cli import run_tool
+from tf3dgan.fit import TrainConfig, fit
+
+D = TrainConfig()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Train a 3D voxel GAN (64-3D-RaSGAN / 3D-GAN) on voxel grids.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-n", "--name", default=D.name, help="name of the run: outputs go to <out>/<name>/")
+    p.add_argument("-d", "--data", default=D.data,
+                   help="training voxels: a folder (searched recursively for .raw/.binvox/.npy/.npz), a file, "
+                        "FILE.npz:KEY, or a built-in set such as synthetic:chairs[:res=32][:n=512]")
+    p.add_argument("-v", "--validation_data", default=D.validation_data,
+                   help="validation voxels (same forms as -d); their D loss is logged and plotted")
+    p.add_argument("-e", "--epochs", type=int, default=D.epochs, help="train until this many epochs are done")
+    p.add_argument("-b", "--batchsize", type=int, default=D.batchsize, help="batch size (reduced to the dataset size if larger)")
+    p.add_argument("-sample", type=int, default=D.sample, help="save a generated grid <epoch>.npy every N epochs")
+    p.add_argument("-save", type=int, default=D.save, help="save a checkpoint every N epochs (and at the end)")
+    p.add_argument("-graph", type=int, default=D.graph, help="save the loss graph plots/<epoch>.png every N epochs")
+    p.add_argument("-graph3d", type=int, default=D.graph3d, help="save a 3D graph 3D_graphs/<epoch>.png every N epochs")
+    p.add_argument("-l", "--load", action="store_true", help="resume the run from its latest checkpoint")
+    p.add_argument("-le", "--load_epoch", type=int, default=None, help="resume from the checkpoint of this epoch (implies -l)")
+    p.add_argument("-glr", "--generator_learning_rate", dest="glr", type=float, default=D.glr, help="generator learning rate")
+    p.add_argument("-dlr", "--discriminator_learning_rate", dest="dlr", type=float, default=D.dlr,
+                   help="discriminator learning rate")
+    p.add_argument("--arch", default=D.arch, choices=["rasgan64", "3dgan32"], help="network architecture")
+    p.add_argument("--loss", default=D.loss, choices=["rasgan", "rsgan", "minimax", "sgan", "wgan-gp"], help="GAN objective")
+    p.add_argument("--d-rule", default=None, choices=["ratio", "accuracy", "always"],
+                   help="when to train D: ratio (2*D_smooth > G_smooth, the RaSGAN seed), accuracy (D accuracy <= 0.8, "
+                        "3D-GAN), always [default: ratio for rasgan/rsgan, accuracy for minimax/sgan, always for wgan-gp]")
+    p.add_argument("--precision", default=None, choices=["float32", "mixed_float16", "mixed_bfloat16"],
+                   help="[default: mixed_float16 when a GPU is visible, else float32]")
+    p.add_argument("--lr-schedule", default=None,
+                   help="per-epoch learning rates 'EPOCH:GLR/DLR,...' (e.g. the seed's chair run "
+                        "'0:0.002/0.00005,300:0.005/0.00005,1200:0.007/0.00003,1600:0.008/0.00001') or a JSON file")
+    p.add_argument("--seed", type=int, default=D.seed, help="seed of everything random")
+    p.add_argument("--width", type=float, default=D.width, help="channel-width multiplier (e.g. 0.25 for CPU demos)")
+    p.add_argument("--resolution", type=int, default=None, help="grid size [default: the data's]")
+    p.add_argument("--output-activation", default=None, choices=["linear", "sigmoid"],
+                   help="generator output [default: linear for rasgan64 (as the seed), sigmoid for 3dgan32]")
+    p.add_argument("--xla", action="store_true", help="compile the train step with XLA (jit_compile)")
+    p.add_argument("--steps-per-call", type=int, default=D.steps_per_call, help="train steps per host call")
+    p.add_argument("--out", default=D.out, help="folder holding the run folders")
+    p.add_argument("--keep", type=int, default=D.keep, help="numbered checkpoints to keep (0 = all)")
+    p.add_argument("--deterministic", action="store_true", help="deterministic TensorFlow ops (slower; exact reruns)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars (summary lines only)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    fit(TrainConfig(**vars(args)))
+
+
+def cli() -> int:
+    return run_tool(main)
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
