@@ -272,8 +272,9 @@ class _Run:
     def _append_history(self, results: dict) -> None:
         if not results:
             return
-        n = len(results["d_loss"])
-        results = dict(results, epoch=np.full(n, self.epoch, np.float32))
+        n, steps = len(results["d_loss"]), self.trainer.steps_per_epoch
+        first = self.trainer.position - n          # the steps of this call run first..position-1
+        results = dict(results, epoch=(self.epoch + (first + np.arange(n)) / steps).astype(np.float32))
         for k in HISTORY_KEYS:
             self.history[k] = np.concatenate([self.history[k], results[k].astype(np.float32)])
 
