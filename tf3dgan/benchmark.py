@@ -118,16 +118,23 @@ def device_name() -> str:
         except Exception:   # details are best effort
             name = gpus[0].name
         return f"GPU: {name}" + (f" (+{len(gpus) - 1} more)" if len(gpus) > 1 else "")
-    name = platform.processor() or platform.machine()
+    model, flags = None, None
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    break
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model is None:
+                    model = value.strip()
+                elif key.strip() == "flags" and flags is None:
+                    flags = set(value.split())
     except OSError:
         pass
-    return f"CPU: {name} ({os.cpu_count()} logical cores)"
+    extra = ""
+    if flags is not None:   # bfloat16 is only fast with native support (mixed_bfloat16 is emulated otherwise)
+        native = sorted(flags & {"avx512_bf16", "amx_bf16"})
+        extra = ", bf16: " + ("+".join(native) if native else "none native")
+    name = model or platform.processor() or platform.machine()
+    return f"CPU: {name} ({os.cpu_count()} logical cores{extra})"
 
 
 def _loadavg() -> float | None:
