@@ -16,8 +16,9 @@ Architectures (channels-last, grids batched as ``(N, D, H, W, 1)``):
   all but the last, sigmoid output.  D = Conv3D k3 s2 valid, no biases, 1→64→128→256→512
   each BN + LeakyReLU(0.2) (32→15→7→3→1), then Conv3D k1 512→1 → logit.
 
-``resolution`` changes the number of up/down-sampling stages (the layers nearest the
-output are kept, so a 16³ ``rasgan64`` is Dense→4³·128 → 8³·64 → 16³·1), and ``width``
+``resolution`` changes the number of up/down-sampling stages (both networks keep the layers
+nearest the voxel grid, so a 16³ ``rasgan64`` G is Dense→4³·128 → 8³·64 → 16³·1 and its D
+is 16³·1 → 8³·64 → 4³·128 → Dense), and ``width``
 multiplies every channel count except the single output channel; both exist so tests and
 CPU demos can train small versions.  BatchNorm uses momentum 0.9 and epsilon 1e-5 (the
 TF1/tensorlayer and PyTorch defaults of the seeds).  The logit layer of D and G's output
@@ -57,12 +58,16 @@ def make_spec(arch: str = "rasgan64", width: float = 1.0, resolution: int | None
     """Validate the options and fill in the architecture's defaults."""
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
-    resolution = int(resolution or _NATIVE_RESOLUTION[arch])
+    if resolution is None:
+        resolution = _NATIVE_RESOLUTION[arch]
     smallest = 8 if arch == "rasgan64" else 4
-    if resolution < smallest or resolution & (resolution - 1):
+    if int(resolution) != resolution or resolution < smallest or int(resolution) & (int(resolution) - 1):
         raise ValueError(f"{arch}: resolution must be a power of two >= {smallest}, got {resolution}")
-    if not width > 0:
-        raise ValueError(f"width must be positive, got {width}")
+    resolution = int(resolution)
+    if not (math.isfinite(width) and width > 0):
+        raise ValueError(f"width must be a positive number, got {width}")
+    if int(latent_dim) != latent_dim or latent_dim < 1:
+        raise ValueError(f"latent_dim must be a positive integer, got {latent_dim}")
     output_activation = output_activation or _DEFAULT_OUTPUT[arch]
     if output_activation not in ("linear", "sigmoid"):
         raise ValueError(f"output activation must be 'linear' or 'sigmoid', got {output_activation!r}")
