@@ -155,3 +155,22 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
     cfg = tiny_config(tmp_path, epochs=3, lr_schedule=None, glr=1e30, dlr=1e30, output_activation="linear")
     with pytest.raises(Tf3dganError, match=r"non-finite .* at epoch \d+, step \d+"):
         fit(cfg)
+
+
+def test_xla_compiled_step_trains():
+    trainer = tiny_trainer(xla=True)
+    trainer.start_epoch()
+    m = trainer.train_steps(2)
+    trainer.train_steps(2)
+    assert np.isfinite(m["d_loss"].numpy()).all() and np.isfinite(m["g_loss"].numpy()).all()
+    assert trainer.trace_count == 1
+
+
+def test_a_float32_run_resumes_under_mixed_float16(tmp_path):
+    run = fit(tiny_config(tmp_path, epochs=1, lr_schedule=None))
+    fit(tiny_config(tmp_path, epochs=2, load=True, precision="mixed_float16", lr_schedule=None))
+    arrays, meta = runs.load_checkpoint(runs.checkpoint_path(run))
+    assert meta["epoch"] == 2 and meta["precision"] == "mixed_float16"
+    assert any(k.startswith("opt_g_scale/") for k in arrays)
+    assert np.isfinite(arrays["history/g_loss"]).all()
+    assert (arrays["history/loss_scale"][4:] > 1).all()          # the loss scale was active in epoch 2

@@ -162,8 +162,9 @@ def bench(arch: str = "rasgan64", batch: int = 24, precision: str = "float32", x
     import tensorflow as tf
 
     from . import data, synthetic
-    from .training import GANTrainer
+    from .training import GANTrainer, tune_for_device
 
+    tune_for_device()
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     for name, value, low in (("batch", batch, 1), ("steps_per_call", steps_per_call, 1), ("steps", steps, 1),

@@ -133,12 +133,13 @@ class _Run:
 
         from . import data as data_lib
         from .models import build_models, make_spec
-        from .training import GANTrainer, default_precision
+        from .training import GANTrainer, default_precision, tune_for_device
 
         self.cfg, self.tf = cfg, tf
         if cfg.load_epoch is not None:
             cfg.load = True
         self.dir = runs.run_path(cfg.out, cfg.name)
+        tune_for_device()
         if cfg.deterministic:
             tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(cfg.seed)
@@ -243,7 +244,7 @@ class _Run:
 
         trainer, steps = self.trainer, self.trainer.steps_per_epoch
         trainer.set_learning_rates(*lr_at(self.schedule, self.epoch))
-        if trainer.position in (0, steps):
+        if trainer.position == 0 or trainer.position >= steps:
             trainer.start_epoch()
         done, results, last_refresh = trainer.position, [], 0.0
         bar = tqdm(total=steps, initial=done, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False,
