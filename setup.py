@@ -31,5 +31,5 @@ setup(
         "jax": ["jax>=0.4.30", "jaxlib>=0.4.30"],
         "test": ["pytest>=7", "jax>=0.4.30", "jaxlib>=0.4.30"],
     },
-    entry_points={"console_scripts": [f"tf3dgan-{t.replace('_', '-')}=tf3dgan.tools.{t}:cli" for t in TOOLS]},
+    entry_points={"console_scripts": [f"tf3dgan-{t.replace('_', '-')}=tf3dgan.tools.{t}:main" for t in TOOLS]},
 )

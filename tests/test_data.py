@@ -361,7 +361,7 @@ def test_object_arrays_are_refused(tmp_path):
 def test_missing_file_and_folder():
     with pytest.raises(DataError) as excinfo:
         data.load_dataset("ModelNet10/chair/train")
-    assert_data_error(excinfo, "'ModelNet10/chair/train' does not exist", "tools/convert_data.py", "synthetic:chairs")
+    assert_data_error(excinfo, "'ModelNet10/chair/train' does not exist", "binvox", "synthetic:chairs")
     with pytest.raises(DataError) as excinfo:
         data.load_dataset("nowhere/chair_0001.raw")
     assert_data_error(excinfo, "nowhere/chair_0001.raw", "does not exist")

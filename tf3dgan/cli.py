@@ -3,21 +3,53 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from typing import Callable
 
 from .errors import Tf3dganError
 
 
 def quiet_tensorflow() -> None:
-    """Hide TensorFlow's C++ info/warning start-up chatter (errors still show)."""
+    """Hide TensorFlow's C++ info/warning chatter (errors still show)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def run_tool(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
-    """Run a tool's ``main``; a ``Tf3dganError`` becomes ``error: <message>`` and exit status 2."""
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow and initialise its devices with the process's stderr captured.
+
+    TensorFlow 2.21 prints absl start-up lines (oneDNN, CUDA stubs, cuInit) that ignore
+    ``TF_CPP_MIN_LOG_LEVEL``; they are swallowed here unless the import fails, in which
+    case they are replayed.  Set ``TF3DGAN_VERBOSE=1`` to see them anyway.
+    """
     quiet_tensorflow()
+    if os.environ.get("TF3DGAN_VERBOSE") or "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import keras  # noqa: F401  (Keras picks its backend on import)
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+        except BaseException:
+            os.dup2(saved, 2)
+            captured.seek(0)
+            sys.stderr.write(captured.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def run_tool(action: Callable[[], object], needs_tensorflow: bool = True) -> int:
+    """Run a tool's ``action()`` (flags already parsed); a ``Tf3dganError`` becomes
+    ``error: <message>`` on stderr and exit status 2."""
     try:
-        main(argv)
+        if needs_tensorflow:
+            import_tensorflow_quietly()
+        action()
     except Tf3dganError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

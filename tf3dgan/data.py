@@ -205,8 +205,8 @@ def _split_npz_key(text: str) -> tuple[Path, str | None]:
 def _missing(path: Path) -> DataError:
     if path.suffix.lower() in VOXEL_SUFFIXES:
         return DataError(f"voxel file '{path}' does not exist")
-    return DataError(f"data folder '{path}' does not exist; run tools/download_data.py and "
-                     "tools/convert_data.py first, or use -d synthetic:chairs")
+    return DataError(f"data folder '{path}' does not exist; give -d a folder of voxel grids (.raw/.binvox/"
+                     ".npy/.npz, e.g. ModelNet .off meshes voxelized with binvox -d 64 -t raw), or use -d synthetic:chairs")
 
 
 def _one_line(text: str) -> str:

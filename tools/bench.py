@@ -9,9 +9,9 @@ import argparse
 import json
 import sys
 
-from tf3dgan.cli import quiet_tensorflow, run_tool
+from tf3dgan.cli import import_tensorflow_quietly, run_tool
 
-quiet_tensorflow()   # before the imports below load TensorFlow through Keras
+import_tensorflow_quietly()   # before the imports below load TensorFlow through Keras
 
 from tf3dgan.benchmark import PRECISIONS  # noqa: E402
 from tf3dgan.losses import OBJECTIVES  # noqa: E402
@@ -54,10 +54,7 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--peak-tflops must be positive")
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    _check(parser, args)
+def run(args: argparse.Namespace) -> list[dict]:
     from tf3dgan.benchmark import TABLE_HEADER, bench_grid, format_row
 
     results = []
@@ -81,9 +78,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return results
 
 
-def cli() -> int:
-    return run_tool(main)
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check(parser, args)
+    return run_tool(lambda: run(args))
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(main())

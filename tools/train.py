@@ -58,14 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    fit(TrainConfig(**vars(args)))
-
-
-def cli() -> int:
-    return run_tool(main)
+    return run_tool(lambda: fit(TrainConfig(**vars(args))))
 
 
 if __name__ == "__main__":
-    sys.exit(cli())
+    sys.exit(main())
