@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import runs
+from . import plots, runs
+from .atomic import atomic_path
 from .errors import CheckpointError, Tf3dganError
 
 HISTORY_KEYS = ("d_loss", "g_loss", "val_loss", "d_trained", "ratio", "d_accuracy", "loss_scale", "epoch")
-SAMPLE_COUNT = 8   # fixed latent vectors; <epoch>.npy is the first one's grid
 
 
 @dataclass
@@ -171,7 +171,7 @@ class _Run:
             d_rule=cfg.d_rule, g_lr=g_lr, d_lr=d_lr, precision=self.precision, seed=cfg.seed,
             validation_packed=None if self.val is None else self.val.packed, xla=cfg.xla)
         self.sample_z = np.random.default_rng(cfg.seed).standard_normal(
-            (SAMPLE_COUNT, model_cfg["latent_dim"])).astype(np.float32)
+            (1, model_cfg["latent_dim"])).astype(np.float32)   # the same latent vector for every sample
         self.history = {k: np.zeros(0, np.float32) for k in HISTORY_KEYS}
         self.epoch = 0
         if checkpoint is not None:
@@ -292,28 +292,25 @@ class _Run:
         from tqdm import tqdm
         tqdm.write(line)
         self._log_scalars(results, val, rate, g_lr, d_lr)
-        if e % cfg.sample == 0 or e == cfg.epochs:
-            self._save_sample()
-        if e % cfg.graph == 0 or e == cfg.epochs:
+        due = lambda every: e % every == 0 or e == cfg.epochs  # noqa: E731
+        grid = self.trainer.generate(self.sample_z[:1])[0] if due(cfg.sample) or due(cfg.graph3d) else None
+        if due(cfg.sample):
+            self._save_sample(grid)
+        if due(cfg.graph):
             self._save_loss_graph()
-        if e % cfg.graph3d == 0 or e == cfg.epochs:
-            self._save_graph3d()
-        if e % cfg.save == 0 or e == cfg.epochs:
+        if due(cfg.graph3d):
+            self._save_graph3d(grid)
+        if due(cfg.save):
             self._save(numbered=True)
             runs.export_generator(self.dir, self.G)
         self.writer.flush()
 
     # -------------------------------------------------------------- outputs
-    def _samples(self) -> np.ndarray:
-        return self.trainer.generate(self.sample_z)
-
-    def _save_sample(self) -> None:
-        from .atomic import atomic_path
+    def _save_sample(self, grid: np.ndarray) -> None:
         with atomic_path(self.dir / f"{self.epoch}.npy") as tmp:
-            np.save(tmp, self._samples()[0].astype(np.float32))
+            np.save(tmp, grid.astype(np.float32))
 
     def _save_loss_graph(self) -> None:
-        from . import plots
         h = self.history
         val = h["val_loss"] if self.val is not None else None
         g_lr, d_lr = self.trainer.learning_rates
@@ -322,15 +319,12 @@ class _Run:
                                    f"[lrG={g_lr:.5f}, lrD={d_lr:.5f}]")
         names = {"d_loss": "track_d_loss", "g_loss": "track_g_loss", "val_loss": "track_d_validation_loss",
                  "epoch": "epochs", "d_trained": "track_d_trained", "ratio": "track_gd_ratio"}
-        from .atomic import atomic_path
         for key, stem in names.items():
             with atomic_path(self.dir / "plots" / f"{stem}.npy") as tmp:
                 np.save(tmp, h[key])
 
-    def _save_graph3d(self) -> None:
-        from . import plots
+    def _save_graph3d(self, grid: np.ndarray) -> None:
         tf = self.tf
-        grid = self._samples()[0]
         threshold = 0.5 if self.spec["output_activation"] == "sigmoid" else 0.3
         title = f"{self.spec['arch']} [Epoch={self.epoch}]"
         plots.save_voxel_graph(self.dir / "3D_graphs" / f"{self.epoch}.png", grid, title, threshold)
