@@ -82,93 +82,25 @@ def _init(std=0.02, mean=0.0):
     return keras.initializers.RandomNormal(mean=mean, stddev=std)
 
 
-def _build_chain(blocks, input_shape):
-    """Build a chain of layers from an input shape (no data needed)."""
-    shape = tuple(input_shape)
-    for layer in blocks:
-        if not layer.built:
-            layer.build(shape)
-        shape = layer.compute_output_shape(shape)
-    return shape
-
-
-class Generator(keras.Model):
-    """Maps latent vectors ``(N, latent_dim)`` to voxel grids ``(N, R, R, R, 1)`` (float32)."""
+class _VoxelNet(keras.Model):
+    """A chain of layers (``self.blocks``) built from an :class:`ArchSpec`; BatchNorm layers
+    get the ``training`` flag, the others are called plainly."""
 
     def __init__(self, arch="rasgan64", width=1.0, resolution=None, output_activation=None,
                  latent_dim=LATENT_DIM, dtype_policy=None, **kwargs):
-        kwargs.setdefault("name", "generator")
         super().__init__(**kwargs)
         self.spec = make_spec(arch, width, resolution, output_activation, latent_dim)
-        s, p = self.spec, dtype_policy
-        stages = int(math.log2(s.resolution // (4 if s.arch == "rasgan64" else 2)))
-        chans = [_channels(64 * 2**i, s.width) for i in reversed(range(stages))]
-        conv = dict(kernel_initializer=_init(), dtype=p)
-        bn = dict(gamma_initializer=_init(mean=1.0), dtype=p, **_BN)
-        self.blocks = []
-        if s.arch == "rasgan64":
-            self.blocks += [layers.Dense(4 * 4 * 4 * chans[0], **conv),
-                            layers.Reshape((4, 4, 4, chans[0]), dtype=p)]
-            ups = [layers.Conv3DTranspose(c, 4, strides=2, padding="same", **conv) for c in chans[1:]]
-            last = layers.Conv3DTranspose(1, 4, strides=2, padding="same", **conv)
-        else:
-            self.blocks += [layers.Reshape((1, 1, 1, s.latent_dim), dtype=p),
-                            layers.Conv3DTranspose(chans[0], 2, strides=1, use_bias=False, **conv)]
-            ups = [layers.Conv3DTranspose(c, 2, strides=2, use_bias=False, **conv) for c in chans[1:]]
-            last = layers.Conv3DTranspose(1, 2, strides=2, use_bias=False, **conv)
-        self.blocks += [layers.BatchNormalization(**bn), layers.ReLU(dtype=p)]
-        for up in ups:
-            self.blocks += [up, layers.BatchNormalization(**bn), layers.ReLU(dtype=p)]
-        self.blocks += [last, layers.Activation(s.output_activation, dtype="float32")]
+        self.blocks = self._make_blocks(self.spec, dtype_policy)
+
+    def _make_blocks(self, spec: ArchSpec, policy) -> list:
+        raise NotImplementedError
 
     def build(self, input_shape):
-        _build_chain(self.blocks, input_shape)
-        self.built = True
-
-    def call(self, z, training=False):
-        x = z
+        shape = tuple(input_shape)   # build layer by layer from shapes alone (no data needed)
         for layer in self.blocks:
-            x = layer(x, training=training) if isinstance(layer, layers.BatchNormalization) else layer(x)
-        return x
-
-    def get_config(self):
-        return self.spec.to_dict()
-
-
-class Discriminator(keras.Model):
-    """Maps voxel grids ``(N, R, R, R, 1)`` to one float32 logit per grid, ``(N, 1)``."""
-
-    def __init__(self, arch="rasgan64", width=1.0, resolution=None, output_activation=None,
-                 latent_dim=LATENT_DIM, dtype_policy=None, **kwargs):
-        kwargs.setdefault("name", "discriminator")
-        super().__init__(**kwargs)
-        self.spec = make_spec(arch, width, resolution, output_activation, latent_dim)
-        s, p = self.spec, dtype_policy
-        act = dict(negative_slope=0.2, dtype=p)
-        bn = dict(dtype=p, **_BN)
-        self.blocks = []
-        if s.arch == "rasgan64":
-            stages = int(math.log2(s.resolution // 4))
-            for i in range(stages):
-                self.blocks.append(layers.Conv3D(_channels(64 * 2**i, s.width), 4, strides=2,
-                                                 padding="same", kernel_initializer=_init(), dtype=p))
-                if i > 0:
-                    self.blocks.append(layers.BatchNormalization(**bn))
-                self.blocks.append(layers.LeakyReLU(**act))
-            self.blocks += [layers.Flatten(dtype=p),
-                            layers.Dense(1, kernel_initializer=_init(), dtype="float32")]
-        else:
-            size, i = s.resolution, 0
-            while size > 1:   # k3 s2 valid: 32 -> 15 -> 7 -> 3 -> 1
-                self.blocks += [layers.Conv3D(_channels(64 * 2**i, s.width), 3, strides=2, use_bias=False,
-                                              kernel_initializer=_init(), dtype=p),
-                                layers.BatchNormalization(**bn), layers.LeakyReLU(**act)]
-                size, i = (size - 3) // 2 + 1, i + 1
-            self.blocks += [layers.Conv3D(1, 1, use_bias=False, kernel_initializer=_init(), dtype="float32"),
-                            layers.Flatten(dtype="float32")]
-
-    def build(self, input_shape):
-        _build_chain(self.blocks, input_shape)
+            if not layer.built:
+                layer.build(shape)
+            shape = layer.compute_output_shape(shape)
         self.built = True
 
     def call(self, x, training=False):
@@ -178,6 +110,62 @@ class Discriminator(keras.Model):
 
     def get_config(self):
         return self.spec.to_dict()
+
+
+class Generator(_VoxelNet):
+    """Maps latent vectors ``(N, latent_dim)`` to voxel grids ``(N, R, R, R, 1)`` (float32)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("name", "generator")
+        super().__init__(*args, **kwargs)
+
+    def _make_blocks(self, s: ArchSpec, p) -> list:
+        stages = int(math.log2(s.resolution // (4 if s.arch == "rasgan64" else 2)))
+        chans = [_channels(64 * 2**i, s.width) for i in reversed(range(stages))]
+        conv = dict(kernel_initializer=_init(), dtype=p)
+        bn = dict(gamma_initializer=_init(mean=1.0), dtype=p, **_BN)
+        if s.arch == "rasgan64":
+            blocks = [layers.Dense(4 * 4 * 4 * chans[0], **conv), layers.Reshape((4, 4, 4, chans[0]), dtype=p)]
+            ups = [layers.Conv3DTranspose(c, 4, strides=2, padding="same", **conv) for c in chans[1:]]
+            last = layers.Conv3DTranspose(1, 4, strides=2, padding="same", **conv)
+        else:
+            blocks = [layers.Reshape((1, 1, 1, s.latent_dim), dtype=p),
+                      layers.Conv3DTranspose(chans[0], 2, strides=1, use_bias=False, **conv)]
+            ups = [layers.Conv3DTranspose(c, 2, strides=2, use_bias=False, **conv) for c in chans[1:]]
+            last = layers.Conv3DTranspose(1, 2, strides=2, use_bias=False, **conv)
+        blocks += [layers.BatchNormalization(**bn), layers.ReLU(dtype=p)]
+        for up in ups:
+            blocks += [up, layers.BatchNormalization(**bn), layers.ReLU(dtype=p)]
+        return blocks + [last, layers.Activation(s.output_activation, dtype="float32")]
+
+
+class Discriminator(_VoxelNet):
+    """Maps voxel grids ``(N, R, R, R, 1)`` to one float32 logit per grid, ``(N, 1)``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("name", "discriminator")
+        super().__init__(*args, **kwargs)
+
+    def _make_blocks(self, s: ArchSpec, p) -> list:
+        act = dict(negative_slope=0.2, dtype=p)
+        bn = dict(dtype=p, **_BN)
+        blocks = []
+        if s.arch == "rasgan64":
+            for i in range(int(math.log2(s.resolution // 4))):
+                blocks.append(layers.Conv3D(_channels(64 * 2**i, s.width), 4, strides=2, padding="same",
+                                            kernel_initializer=_init(), dtype=p))
+                if i > 0:
+                    blocks.append(layers.BatchNormalization(**bn))
+                blocks.append(layers.LeakyReLU(**act))
+            return blocks + [layers.Flatten(dtype=p), layers.Dense(1, kernel_initializer=_init(), dtype="float32")]
+        size, i = s.resolution, 0
+        while size > 1:   # k3 s2 valid: 32 -> 15 -> 7 -> 3 -> 1
+            blocks += [layers.Conv3D(_channels(64 * 2**i, s.width), 3, strides=2, use_bias=False,
+                                     kernel_initializer=_init(), dtype=p),
+                       layers.BatchNormalization(**bn), layers.LeakyReLU(**act)]
+            size, i = (size - 3) // 2 + 1, i + 1
+        return blocks + [layers.Conv3D(1, 1, use_bias=False, kernel_initializer=_init(), dtype="float32"),
+                         layers.Flatten(dtype="float32")]
 
 
 def build_models(arch: str = "rasgan64", width: float = 1.0, resolution: int | None = None,
