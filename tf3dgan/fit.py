@@ -137,6 +137,9 @@ class _Run:
         from .models import build_models, make_spec
         from .training import GANTrainer, default_precision, tune_for_device
 
+        if keras.backend.backend() != "tensorflow":
+            raise Tf3dganError(f"the trainer runs on Keras' TensorFlow backend, but KERAS_BACKEND is "
+                               f"{keras.backend.backend()!r}; unset it or set KERAS_BACKEND=tensorflow")
         self.cfg, self.tf = cfg, tf
         if cfg.load_epoch is not None:
             cfg.load = True
@@ -250,7 +253,7 @@ class _Run:
             trainer.start_epoch()
         done, results, last_refresh = trainer.position, [], 0.0
         bar = tqdm(total=steps, initial=done, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False,
-                   disable=not self.cfg.progress, dynamic_ncols=True)
+                   disable=None if self.cfg.progress else True, dynamic_ncols=True)   # None: off when not a TTY
         start = time.perf_counter()
         while done < steps and stop.signal is None:
             n = min(self.cfg.steps_per_call, steps - done)
