@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from . import plots, runs
 from .atomic import atomic_path
@@ -236,6 +237,9 @@ class _Run:
                     self.epoch += 1
                     self._epoch_outputs(results, seconds)
                 if stop.signal is not None:
+                    if trainer.position < steps:   # the steps of the unfinished epoch still go to TensorBoard
+                        self._log_step_scalars(results)
+                        self.writer.flush()
                     path = self._save(numbered=False)
                     where = f"epoch {self.epoch}" + (f", step {trainer.position}" if trainer.position < steps else "")
                     print(f"{stop.signal}: stopped after {where}; saved {path} "
@@ -245,8 +249,6 @@ class _Run:
         return self.dir
 
     def _train_epoch(self, stop):
-        from tqdm import tqdm
-
         trainer, steps = self.trainer, self.trainer.steps_per_epoch
         trainer.set_learning_rates(*lr_at(self.schedule, self.epoch))
         if trainer.position == 0 or trainer.position >= steps:
@@ -294,7 +296,6 @@ class _Run:
                 + (f"  val_d_loss {val:.4f}" if self.val is not None else "")
                 + f"  D trained {results['d_trained'].mean():.0%}  G/D ratio {int(results['ratio'][-1])}"
                 + f"  {rate:.1f} samples/s  {seconds:.1f}s")
-        from tqdm import tqdm
         tqdm.write(line)
         self._log_scalars(results, val, rate, g_lr, d_lr)
         due = lambda every: e % every == 0 or e == cfg.epochs  # noqa: E731
@@ -343,9 +344,10 @@ class _Run:
                 colors = np.stack([255 * height, 96 + 0 * height, 255 * (1 - height)], -1).astype(np.uint8)
                 mesh_summary.mesh("sample/voxels", vertices=points[None], colors=colors[None], step=self.epoch)
 
-    def _log_scalars(self, results, val, rate, g_lr, d_lr) -> None:
+    def _log_step_scalars(self, results) -> None:
+        """Per-step losses, at global step numbers (the history already holds these steps)."""
         tf = self.tf
-        n = len(results["d_loss"])
+        n = len(results.get("d_loss", ()))
         first_step = len(self.history["d_loss"]) - n
         with self.writer.as_default():
             for i in range(n):
@@ -354,7 +356,12 @@ class _Run:
                 tf.summary.scalar("loss/g", results["g_loss"][i], step=step)
                 if self.val is not None:
                     tf.summary.scalar("loss/d_validation", results["val_loss"][i], step=step)
-            step = first_step + n
+
+    def _log_scalars(self, results, val, rate, g_lr, d_lr) -> None:
+        tf = self.tf
+        self._log_step_scalars(results)
+        step = len(self.history["d_loss"])
+        with self.writer.as_default():
             tf.summary.scalar("train/d_trained_fraction", results["d_trained"].mean(), step=step)
             tf.summary.scalar("train/gd_train_ratio", results["ratio"][-1], step=step)
             tf.summary.scalar("train/d_accuracy", results["d_accuracy"].mean(), step=step)
