@@ -128,12 +128,6 @@ class GANTrainer:
         """Generator output (inference-mode BatchNorm) for latent vectors ``z`` as float32 (N, D, H, W)."""
         return self._sample(tf.constant(z, dtype=tf.float32)).numpy()[..., 0]
 
-    def validation_loss(self, batches: int = 1) -> float:
-        """D loss on real validation grids against fresh fakes (NaN without a validation set)."""
-        if self._val is None:
-            return float("nan")
-        return float(np.mean([self._val_loss().numpy() for _ in range(batches)]))
-
     # ------------------------------------------------------------------ checkpoint state
     def _named_variables(self):
         """``(key, variable)`` for everything in a checkpoint.  Adam's own variables are
@@ -214,12 +208,11 @@ class GANTrainer:
     def _apply(self, opt, model, tape, scaled_loss):
         opt.apply(tape.gradient(scaled_loss, model.trainable_variables), model.trainable_variables)
 
-    def _val_loss(self, fake_logits=None):
+    def _val_loss(self, fake_logits):
+        """D's loss on a random validation batch (inference-mode BN) against this step's fakes."""
         n = tf.shape(self._val)[0]
         idx = self.rng.uniform((self.batch_size,), 0, n, dtype=tf.int32)
         real_logits = self.D(self._unpack(tf.gather(self._val, idx)), training=False)
-        if fake_logits is None:
-            fake_logits = self.D(self.G(self._latent(), training=False), training=False)
         return self.objective.fn(real_logits, fake_logits)[0]
 
     def _step(self):
