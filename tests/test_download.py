@@ -1,0 +1,396 @@
+"""tools/download_data.py and tf3dgan.modelnet against a local HTTP server (no internet needed).
+
+The archives are built here from three real ModelNet10 meshes (tests/fixtures/download/*.off).
+"""
+from __future__ import annotations
+
+import http.server
+import io
+import os
+import re
+import socket
+import stat
+import subprocess
+import sys
+import tarfile
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from _cli import FIXTURES, REPO, error_line, tool, tool_env
+from tf3dgan import modelnet
+from tf3dgan.errors import Tf3dganError
+from tf3dgan.modelnet import ArchiveError, DownloadError
+
+MESHES = {  # path in the archive -> fixture file (byte copies of shared/data/modelnet_sample)
+    "ModelNet10/table/train/table_0151.off": "table_0151.off",
+    "ModelNet10/desk/train/desk_0011.off": "desk_0011.off",
+    "ModelNet10/monitor/train/monitor_0249.off": "monitor_0249.off",
+}
+README = b"A small ModelNet10-layout archive for the tests of tools/download_data.py.\n"
+
+
+def tree() -> dict[str, bytes]:
+    files = {name: (FIXTURES / "download" / src).read_bytes() for name, src in MESHES.items()}
+    files["ModelNet10/README.txt"] = README
+    return files
+
+
+def make_zip(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def make_tar(files: dict[str, bytes], extra: list[tarfile.TarInfo] = (), compress: str = "") -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:" + compress) as tf:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        for info in extra:
+            tf.addfile(info)
+    return buf.getvalue()
+
+
+def assert_tree(folder: Path, files: dict[str, bytes], prefix: str = "ModelNet10/") -> None:
+    found = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    assert found == {k[len(prefix):]: v for k, v in files.items()}
+
+
+# ------------------------------------------------------------------------------------- the server
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):   # quiet
+        pass
+
+    def do_GET(self):
+        srv = self.server
+        srv.ranges.append(self.headers.get("Range"))
+        if srv.status:
+            self.send_error(srv.status)
+            return
+        data = srv.files.get(self.path)
+        if data is None:
+            self.send_error(404)
+            return
+        start = 0
+        m = re.match(r"bytes=(\d+)-$", self.headers.get("Range") or "")
+        if m and srv.ranges_ok:
+            start = int(m.group(1))
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        body = data[start:]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if srv.drop_after is not None:
+            cut, srv.drop_after = srv.drop_after, None       # only the first request is cut
+            self.wfile.write(body[:cut])
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            self.close_connection = True
+            return
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    srv.files, srv.ranges, srv.status, srv.drop_after, srv.ranges_ok = {}, [], None, None, True
+    srv.url = lambda path: f"http://127.0.0.1:{srv.server_address[1]}{path}"
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def no_stray_files(dest: Path) -> list[str]:
+    return sorted(p.name for p in dest.iterdir()) if dest.exists() else []
+
+
+# ------------------------------------------------------------------------------------- the CLI
+
+def test_cli_download_extract_and_idempotent(server, tmp_path):
+    files = tree()
+    server.files["/ModelNet10.zip"] = make_zip(files)
+    dest = tmp_path / "data"
+    proc = tool("download_data", "--dataset", "modelnet10", "-y", "--dest", dest,
+                "--url", server.url("/ModelNet10.zip"), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert_tree(dest / "ModelNet10", files)
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("wrote ModelNet10: 4 files, 21.6 KB in") and str((dest / "ModelNet10").resolve()) in last
+    assert no_stray_files(dest) == ["ModelNet10"]          # archive deleted, no .part, no temp folder
+    assert server.ranges == [None]
+
+    again = tool("download_data", "--dataset", "modelnet10", "--dest", dest,
+                 "--url", server.url("/ModelNet10.zip"), timeout=60)   # no -y needed: nothing to download
+    assert again.returncode == 0, again.stderr
+    assert "already" in again.stdout and len(server.ranges) == 1
+
+
+def test_cli_keep_archive_and_local_path(server, tmp_path):
+    files = tree()
+    local = tmp_path / "mirror" / "anything.bin"
+    local.parent.mkdir()
+    local.write_bytes(make_tar(files, compress="gz"))
+    dest = tmp_path / "d"
+    proc = tool("download_data", "--dataset", "modelnet10", "--dest", dest, "--url", local, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert_tree(dest / "ModelNet10", files)
+    assert local.exists() and no_stray_files(dest) == ["ModelNet10"]   # the user's file is never deleted
+
+    server.files["/m.zip"] = make_zip(files)
+    dest2 = tmp_path / "d2"
+    proc = tool("download_data", "--dataset", "modelnet10", "-y", "--dest", dest2, "--keep-archive",
+                "--url", server.url("/m.zip"), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert no_stray_files(dest2) == ["ModelNet10", "ModelNet10.zip"]
+    assert "kept" in proc.stdout.splitlines()[-1]
+
+
+def _run_without_tty(*args):
+    cmd = [sys.executable, str(REPO / "tools" / "download_data.py"), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=REPO, env=tool_env(),
+                          stdin=subprocess.DEVNULL)
+
+
+def test_cli_without_tty_asks_for_flags(tmp_path):
+    line = error_line(_run_without_tty("--dest", tmp_path))
+    assert "--dataset modelnet10" in line and "--yes" in line
+    line = error_line(_run_without_tty("--dataset", "modelnet40-aligned", "--dest", tmp_path))
+    assert "-y/--yes" in line and "about 2 GB" in line
+    assert no_stray_files(tmp_path) == []
+
+
+def test_cli_http_404_and_interrupted_download_resumes(server, tmp_path):
+    proc = tool("download_data", "--dataset", "modelnet10", "-y", "--dest", tmp_path,
+                "--url", server.url("/missing.zip"), timeout=60)
+    line = error_line(proc)
+    assert "HTTP 404" in line and "/missing.zip" in line
+    assert no_stray_files(tmp_path) == []
+
+    files = tree()
+    data = make_zip(files)
+    server.files["/ModelNet10.zip"] = data
+    server.drop_after = len(data) // 2
+    dest = tmp_path / "x"
+    proc = tool("download_data", "--dataset", "modelnet10", "-y", "--dest", dest,
+                "--url", server.url("/ModelNet10.zip"), timeout=60)
+    line = error_line(proc)
+    part = dest / "ModelNet10.zip.part"
+    assert "kept" in line and str(part) in line and "resume" in line
+    assert part.read_bytes() == data[:len(data) // 2]
+    assert no_stray_files(dest) == ["ModelNet10.zip.part"]
+
+    proc = tool("download_data", "--dataset", "modelnet10", "-y", "--dest", dest,
+                "--url", server.url("/ModelNet10.zip"), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert server.ranges[-1] == f"bytes={len(data) // 2}-"
+    assert_tree(dest / "ModelNet10", files)
+    assert no_stray_files(dest) == ["ModelNet10"]
+
+
+# ------------------------------------------------------------------------------------- the library
+
+def test_download_200_to_range_restarts_and_416_means_complete(server, tmp_path):
+    data = make_zip(tree())
+    server.files["/a.zip"] = data
+    part = tmp_path / "a.zip.part"
+    part.write_bytes(b"garbage-not-a-prefix")
+    server.ranges_ok = False          # the server ignores Range: a 200 reply restarts from zero
+    assert modelnet.download(server.url("/a.zip"), part, progress=False) == len(data)
+    assert part.read_bytes() == data and server.ranges == ["bytes=20-"]
+    server.ranges_ok = True
+    assert modelnet.download(server.url("/a.zip"), part, progress=False) == len(data)   # 416: complete
+    assert part.read_bytes() == data
+
+
+def test_server_errors_connection_refused_and_mirror_fallback(server, tmp_path):
+    server.status = 500
+    with pytest.raises(DownloadError, match=r"HTTP 500"):
+        modelnet.download(server.url("/a.zip"), tmp_path / "a.part", progress=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/a.zip"       # bound, not listening: refused
+    with pytest.raises(DownloadError, match="connection refused"):
+        modelnet.download(dead, tmp_path / "a.part", progress=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()                                                  # accepts, never answers
+        with pytest.raises(DownloadError, match="timed out"):
+            modelnet.download(f"http://127.0.0.1:{s.getsockname()[1]}/a.zip", tmp_path / "a.part",
+                              progress=False, timeout=0.3)
+    server.status = None
+    server.files["/a.zip"] = b"PK\x05\x06" + bytes(18)              # an empty zip
+    got = modelnet.fetch([dead, server.url("/a.zip")], tmp_path / "a.zip", progress=False, log=lambda m: None)
+    assert got.read_bytes() == server.files["/a.zip"]
+
+
+def test_corrupt_archive_is_refused_and_nothing_extracted(tmp_path):
+    files = tree()
+    data = bytearray(make_zip(files))
+    i = data.index(b"OFF", 100)             # flip a byte inside a stored member: CRC error
+    data[i] = ord("X")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "ModelNet10.zip").write_bytes(bytes(data))      # as if downloaded: it is used, then deleted
+    with pytest.raises(ArchiveError, match=r"ModelNet10\.zip is corrupt.*run again") as e:
+        modelnet.prepare("modelnet10", dest, log=lambda m: None)
+    assert "\n" not in str(e.value)
+    assert no_stray_files(dest) == []       # no half folder, no temp folder; the bad download is deleted
+
+    trunc = tmp_path / "t.tar.gz"
+    trunc.write_bytes(make_tar(files, compress="gz")[:-200])
+    with pytest.raises(ArchiveError, match="corrupt or truncated"):
+        modelnet.prepare("modelnet10", dest, url=str(trunc), log=lambda m: None)
+    assert no_stray_files(dest) == [] and trunc.exists()
+
+    gz = bytearray(make_tar(files, compress="gz"))
+    gz[len(gz) // 2] ^= 0xFF                                 # bad deflate data or a CRC mismatch
+    plain = bytearray(make_tar(files))
+    second = tarfile.open(fileobj=io.BytesIO(plain)).getmembers()[1].offset
+    plain[second + 5] ^= 0xFF                                # a damaged header in the middle of a plain tar
+    cut = bytes(plain[:second + 100])                        # a plain tar cut inside a header
+    for bad in (gz, plain, cut):
+        (tmp_path / "bad").write_bytes(bytes(bad))
+        with pytest.raises(ArchiveError, match="corrupt"):
+            modelnet.prepare("modelnet10", dest, url=str(tmp_path / "bad"), log=lambda m: None)
+        assert no_stray_files(dest) == []
+
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(b"<html>not found</html>" * 30)
+    with pytest.raises(ArchiveError, match="not a zip, tar"):
+        modelnet.prepare("modelnet10", dest, url=junk.as_uri(), log=lambda m: None)
+    assert no_stray_files(dest) == []
+
+
+def test_macosx_folder_skipped_and_stale_temp_removed(tmp_path):
+    files = tree()
+    archive = tmp_path / "m.zip"
+    archive.write_bytes(make_zip({**files, "__MACOSX/ModelNet10/._README.txt": b"junk"}))
+    dest = tmp_path / "dest"
+    (dest / ".ModelNet10-extract-old" / "x").mkdir(parents=True)
+    logs = []
+    modelnet.prepare("modelnet10", dest, url=str(archive), log=logs.append)
+    assert_tree(dest / "ModelNet10", files)
+    assert no_stray_files(dest) == ["ModelNet10"] and any("interrupted extraction" in m for m in logs)
+
+
+@pytest.mark.parametrize("compress", ["", "gz", "bz2", "xz"])
+def test_tar_detected_by_magic_bytes_whatever_the_name(tmp_path, compress):
+    files = tree()
+    archive = tmp_path / "ModelNet10.zip"           # a tar named .zip
+    archive.write_bytes(make_tar(files, compress=compress))
+    assert modelnet.archive_format(archive) == ("tar." + compress if compress else "tar")
+    dest = tmp_path / "dest"
+    result = modelnet.prepare("modelnet10", dest, url=f"file://{archive}", log=lambda m: None)
+    assert result.files == 4 and not result.already
+    assert_tree(dest / "ModelNet10", files)
+
+
+def test_modelnet40_tar_without_top_folder_lands_in_ModelNet40(tmp_path):
+    files = {k.replace("ModelNet10/", ""): v for k, v in tree().items()}   # classes at the top, as the ORION tar
+    archive = tmp_path / "modelnet40_manually_aligned.tar"
+    archive.write_bytes(make_tar(files))
+    result = modelnet.prepare("modelnet40-aligned", tmp_path, keep_archive=True, log=lambda m: None)
+    assert result.folder == tmp_path / "ModelNet40" and result.archive == archive
+    assert_tree(tmp_path / "ModelNet40", files, prefix="")
+    assert stat.S_IMODE(os.stat(tmp_path / "ModelNet40").st_mode) != 0o700
+    assert modelnet.prepare("modelnet40-aligned", tmp_path).already
+
+
+def _evil_zip(name: str, symlink: bool = False) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("ModelNet10/table/train/table_0151.off", tree()["ModelNet10/table/train/table_0151.off"])
+        info = zipfile.ZipInfo(name)
+        if symlink:
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+        zf.writestr(info, "/etc/passwd" if symlink else "evil")
+    return buf.getvalue()
+
+
+def _tar_link(name: str, kind: bytes, target: str = "") -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info
+
+
+HOSTILE = {
+    "zip-dotdot": (lambda: _evil_zip("../evil.off"), "'..' path"),
+    "zip-dotdot-inside": (lambda: _evil_zip("ModelNet10/../../evil.off"), "'..' path"),
+    "zip-absolute": (lambda: _evil_zip("/tmp/tf3dgan_evil.off"), "absolute path"),
+    "zip-symlink": (lambda: _evil_zip("ModelNet10/link", symlink=True), "symbolic link"),
+    "tar-dotdot": (lambda: make_tar({**tree(), "../evil.off": b"evil"}), "'..' path"),
+    "tar-absolute": (lambda: make_tar({**tree(), "/tmp/tf3dgan_evil.off": b"evil"}), "absolute path"),
+    "tar-symlink": (lambda: make_tar(tree(), [_tar_link("ModelNet10/link", tarfile.SYMTYPE, "/etc")]),
+                    "symbolic link"),
+    "tar-hardlink": (lambda: make_tar(tree(), [_tar_link("ModelNet10/h", tarfile.LNKTYPE, "/etc/passwd")]),
+                     "hard link"),
+    "tar-device": (lambda: make_tar(tree(), [_tar_link("ModelNet10/dev", tarfile.CHRTYPE)]), "device file"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_archives_are_refused(tmp_path, case):
+    make, why = HOSTILE[case]
+    archive = tmp_path / "in" / "a.zip"
+    archive.parent.mkdir()
+    archive.write_bytes(make())
+    dest = tmp_path / "sub" / "dest"
+    with pytest.raises(ArchiveError, match="refusing to extract") as e:
+        modelnet.prepare("modelnet10", dest, url=str(archive), log=lambda m: None)
+    msg = str(e.value)
+    assert why in msg and "nothing was extracted" in msg and "\n" not in msg
+    assert no_stray_files(dest) == []
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.zip", "dest", "in", "sub"]
+    assert not Path("/tmp/tf3dgan_evil.off").exists()
+
+
+def test_local_url_missing_and_bad_dest(tmp_path):
+    with pytest.raises(DownloadError, match="no such file"):
+        modelnet.prepare("modelnet10", tmp_path, url=str(tmp_path / "nope.zip"), log=lambda m: None)
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(Tf3dganError, match="not a folder"):
+        modelnet.prepare("modelnet10", tmp_path / "f", url=str(tmp_path / "nope.zip"), log=lambda m: None)
+
+
+def test_interactive_flow(tmp_path, monkeypatch, capsys):
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import download_data
+    finally:
+        sys.path.pop(0)
+    archive = tmp_path / "ModelNet10.zip"
+    archive.write_bytes(make_zip(tree()))
+    answers = iter(["", "3", "1", "maybe", "n"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(answers))
+    monkeypatch.setattr(sys, "stdin", type("TTY", (), {"isatty": lambda self: True})())
+    dest = tmp_path / "out"
+    monkeypatch.setattr(modelnet, "needs_download", lambda *a: True)
+    monkeypatch.setattr(download_data, "needs_download", lambda *a: True)
+    assert download_data.main(["--dest", str(dest)]) == 0
+    out = capsys.readouterr().out
+    assert "please reply with 1 or 2" in out and "please reply with y or n" in out and "cancelled" in out
+    assert not dest.exists()
+
+    answers = iter(["2", "y"])
+    monkeypatch.setattr(download_data, "prepare", lambda ds, *a, **k: modelnet.Result(ds, dest / ds.folder, True))
+    assert download_data.main(["--dest", str(dest)]) == 0
+    assert "ModelNet40 is already there" in capsys.readouterr().out

@@ -1,0 +1,504 @@
+"""Download and unpack the ModelNet CAD datasets (the original ``download_data.py``, made safe).
+
+The flow of :func:`prepare`:
+
+1. if ``<dest>/<folder>`` already exists, nothing is done;
+2. the archive is fetched into ``<dest>/<archive>.part`` with HTTP ``Range`` requests, so an
+   interrupted download resumes where it stopped (a ``206`` reply appends, a ``200`` reply to a
+   ranged request restarts from zero, a ``416`` reply means the file is complete); the size is
+   checked against the server's ``Content-Length`` / ``Content-Range`` total; once complete the
+   ``.part`` file is renamed to ``<dest>/<archive>``;
+3. the archive type is told by its magic bytes (zip, tar, gzip/bzip2/xz-compressed tar), never by
+   its name; every member is checked first, and an archive with a member that would land outside
+   the destination (absolute path, ``..``, symbolic or hard link, device file, FIFO) is refused
+   with nothing extracted;
+4. the members are extracted into a temporary folder inside ``dest`` (a zip is ``testzip()``-ed
+   first, a tar is read in full by the extraction), which is then renamed to ``<dest>/<folder>``:
+   a failure at any point leaves no half folder behind;
+5. the downloaded archive is deleted unless ``keep_archive`` (a local ``--url`` file is never
+   deleted).
+
+Layout of the result: ``ModelNet10.zip`` holds a top folder ``ModelNet10/`` (classes below it).
+The manually aligned ModelNet40 tar of the ORION project (Sedaghat et al.) holds the class folders
+at its top level (``airplane/train/airplane_0001.off`` ...); as the original script did, they are
+put under ``ModelNet40/``.  In general: if the archive's top level is a single folder named as the
+dataset folder (or one of ``Dataset.top_names``), that folder becomes ``<dest>/<folder>``;
+otherwise the whole extracted tree does.  macOS ``__MACOSX/`` resource-fork folders are skipped.
+"""
+from __future__ import annotations
+
+import contextlib
+import http.client
+import lzma
+import os
+import re
+import shutil
+import socket
+import stat
+import tarfile
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable, Iterable
+
+from .errors import Tf3dganError
+
+CHUNK = 1 << 20
+USER_AGENT = "tf3dgan-download-data"
+
+
+class DownloadError(Tf3dganError):
+    """A download that failed (network error, HTTP error status, size mismatch)."""
+
+
+class ArchiveError(Tf3dganError):
+    """An archive that is corrupt, of an unknown type, or has members that are refused."""
+
+
+@dataclass(frozen=True)
+class Dataset:
+    key: str                    # the --dataset value
+    title: str                  # for messages and the interactive menu
+    urls: tuple[str, ...]       # tried in order
+    archive: str                # file name of the downloaded archive in dest
+    folder: str                 # the folder the dataset ends up in: <dest>/<folder>
+    size: str                   # approximate archive size, for the confirmation prompt
+    unpacked: str               # approximate unpacked size
+    top_names: tuple[str, ...] = ()   # other names of the archive's own top folder
+
+
+DATASETS: dict[str, Dataset] = {
+    "modelnet10": Dataset(
+        key="modelnet10",
+        title="ModelNet10 (10 classes, orientation-aligned; Princeton 3D ShapeNets)",
+        urls=("http://3dvision.princeton.edu/projects/2014/3DShapeNets/ModelNet10.zip",
+              "http://vision.princeton.edu/projects/2014/3DShapeNets/ModelNet10.zip"),
+        archive="ModelNet10.zip", folder="ModelNet10",
+        size="about 451 MB", unpacked="about 2 GB"),
+    "modelnet40-aligned": Dataset(
+        key="modelnet40-aligned",
+        title="manually aligned ModelNet40 (40 classes; ORION, Sedaghat et al.)",
+        urls=("https://lmb.informatik.uni-freiburg.de/resources/datasets/ORION/modelnet40_manually_aligned.tar",),
+        archive="modelnet40_manually_aligned.tar", folder="ModelNet40",
+        size="about 2 GB", unpacked="over 9 GB", top_names=("modelnet40_manually_aligned",)),
+}
+
+
+# ----------------------------------------------------------------------------------- download
+
+def local_source(url: str) -> Path | None:
+    """The local file named by ``url`` (a path or a ``file://`` URL), or None for a network URL."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "file":
+        return Path(urllib.request.url2pathname(parsed.path))
+    if parsed.scheme in ("http", "https", "ftp"):
+        return None
+    return Path(url)   # no scheme (or a Windows drive letter): a path
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    if isinstance(exc, urllib.error.URLError):
+        if isinstance(exc.reason, BaseException):
+            return _describe(exc.reason)
+        return str(exc.reason)
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return "timed out"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ConnectionResetError):
+        return "connection reset by the server"
+    if isinstance(exc, http.client.IncompleteRead):
+        return "connection closed before the end of the file"
+    if isinstance(exc, socket.gaierror):
+        return f"host not found ({exc.strerror or exc})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[0].lower() + exc.strerror[1:]
+    return str(exc) or type(exc).__name__
+
+
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+_UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
+
+
+def download(url: str, part: str | os.PathLike, progress: bool | None = None, timeout: float = 60.0,
+             _restarted: bool = False) -> int:
+    """Fetch ``url`` into the file ``part``, resuming from its current size; return the total size.
+
+    Raises :class:`DownloadError` (one line) on any network error, HTTP error status or short
+    transfer; what arrived stays in ``part`` for the next try.
+    """
+    from tqdm import tqdm
+
+    part = Path(part)
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and have:
+            # the range starts at or past the end: complete, unless the server says otherwise
+            m = _UNSATISFIED_RANGE.match(e.headers.get("Content-Range", "") or "")
+            e.close()
+            if m and int(m.group(1)) != have and not _restarted:
+                part.unlink()       # longer than the file: not this file, start again
+                return download(url, part, progress, timeout, _restarted=True)
+            return have
+        e.close()
+        raise DownloadError(f"could not download {url}: {_describe(e)}") from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
+        raise DownloadError(f"could not download {url}: {_describe(e)}") from None
+
+    with response:
+        status = response.status
+        length = response.headers.get("Content-Length")
+        length = int(length) if length and length.isdigit() else None
+        if status == 206:
+            m = _CONTENT_RANGE.match(response.headers.get("Content-Range", "") or "")
+            if not m or int(m.group(1)) != have:
+                if _restarted:
+                    raise DownloadError(f"could not download {url}: the server answered the range request "
+                                        f"'bytes={have}-' with the range '{response.headers.get('Content-Range')}'")
+                part.unlink()
+                return download(url, part, progress, timeout, _restarted=True)
+            total = int(m.group(3)) if m.group(3) != "*" else None
+            start, mode = have, "ab"
+        else:          # 200: the whole file, also when a range was asked for (the server ignores ranges)
+            total, start, mode = length, 0, "wb"
+        done = start
+        try:
+            with open(part, mode) as f, tqdm(total=total, initial=start, unit="B", unit_scale=True,
+                                             unit_divisor=1024, desc=part.name[:-len(".part")] or part.name,
+                                             disable=None if progress is None else not progress,
+                                             leave=False) as bar:
+                while True:
+                    chunk = response.read(CHUNK)
+                    if not chunk:
+                        break
+                    f.write(chunk)
+                    done += len(chunk)
+                    bar.update(len(chunk))
+        except (OSError, http.client.HTTPException) as e:
+            raise DownloadError(f"download of {url} stopped after {done} of {total or '?'} bytes: "
+                                f"{_describe(e)} (the partial file {part} is kept; run again to resume)") from None
+    if total is not None and done != total:
+        raise DownloadError(f"download of {url} stopped after {done} of {total} bytes: connection closed early "
+                            f"(the partial file {part} is kept; run again to resume)")
+    return done
+
+
+def fetch(urls: Iterable[str], archive: str | os.PathLike, progress: bool | None = None, timeout: float = 60.0,
+          log: Callable[[str], None] = print) -> Path:
+    """Download the first of ``urls`` that works to ``archive`` (through ``<archive>.part``)."""
+    archive = Path(archive)
+    part = archive.with_name(archive.name + ".part")
+    errors = []
+    for url in urls:
+        if part.exists() and part.stat().st_size:
+            log(f"resuming {url} at byte {part.stat().st_size} (into {part})")
+        else:
+            log(f"downloading {url} to {part}")
+        try:
+            download(url, part, progress=progress, timeout=timeout)
+        except DownloadError as e:
+            errors.append(str(e))
+            continue
+        os.replace(part, archive)
+        return archive
+    kept = f"; the partial file {part} is kept, run again to resume" if part.exists() and part.stat().st_size else ""
+    if kept:
+        errors = [e.split(" (the partial file")[0] for e in errors]
+    raise DownloadError("; ".join(errors) + kept)
+
+
+# ----------------------------------------------------------------------------------- archives
+
+def archive_format(path: str | os.PathLike) -> str | None:
+    """``"zip"``, ``"tar"``, ``"tar.gz"``, ``"tar.bz2"`` or ``"tar.xz"`` from the file's magic bytes, or None."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        return "zip"
+    if head[:2] == b"\x1f\x8b":
+        return "tar.gz"
+    if head[:3] == b"BZh":
+        return "tar.bz2"
+    if head[:6] == b"\xfd7zXZ\x00":
+        return "tar.xz"
+    if len(head) >= 262 and head[257:262] == b"ustar":
+        return "tar"
+    return None
+
+
+def _member_problem(name: str) -> str | None:
+    """Why the member path ``name`` would escape the destination, or None when it is safe."""
+    if not name or "\x00" in name:
+        return "an empty or invalid name"
+    unified = name.replace("\\", "/")
+    if unified.startswith("/") or re.match(r"^[A-Za-z]:", unified):
+        return "an absolute path"
+    if ".." in PurePosixPath(unified).parts:
+        return "a '..' path that leaves the destination"
+    return None
+
+
+def _relative(name: str) -> PurePosixPath | None:
+    """The member's path inside the destination; None for the archive's root (``./``)."""
+    parts = [p for p in PurePosixPath(name.replace("\\", "/")).parts if p not in (".", "")]
+    return PurePosixPath(*parts) if parts else None
+
+
+def _skipped(rel: PurePosixPath | None) -> bool:
+    return rel is None or rel.parts[0] == "__MACOSX"
+
+
+def _zip_entries(zf: zipfile.ZipFile, label: str) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
+    entries = []
+    for info in zf.infolist():
+        problem = _member_problem(info.filename)
+        mode = info.external_attr >> 16          # Unix mode; its type bits are 0 when not recorded
+        if problem is None and stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
+            kind = "a symbolic link" if stat.S_ISLNK(mode) else "a special file"
+            problem = f"{kind} (only plain files and folders are extracted)"
+        if problem:
+            raise ArchiveError(f"refusing to extract {label}: member '{info.filename}' is {problem}; "
+                               "nothing was extracted")
+        rel = _relative(info.filename)
+        if not _skipped(rel):
+            entries.append((info, rel))
+    return entries
+
+
+def _tar_entries(tf: tarfile.TarFile, label: str) -> list[tuple[tarfile.TarInfo, PurePosixPath]]:
+    entries = []
+    for info in tf.getmembers():
+        problem = _member_problem(info.name)
+        if problem is None and not (info.isreg() or info.isdir()):
+            if info.issym():
+                problem = f"a symbolic link (to '{info.linkname}')"
+            elif info.islnk():
+                problem = f"a hard link (to '{info.linkname}')"
+            else:
+                problem = "a device file, FIFO or other special file"
+            problem += " (only plain files and folders are extracted)"
+        if problem:
+            raise ArchiveError(f"refusing to extract {label}: member '{info.name}' is {problem}; "
+                               "nothing was extracted")
+        rel = _relative(info.name)
+        if not _skipped(rel):
+            entries.append((info, rel))
+    return entries
+
+
+def _check_tar_end(tf: tarfile.TarFile, label: str) -> None:
+    """Read the tar stream to its end: only zero blocks may follow the last member.
+
+    ``tarfile`` takes a damaged header after the first one for the end of the archive, so a
+    corrupt or truncated tar would otherwise pass as a shorter one.  Reading to the end also
+    makes a compressed stream check its own CRC.
+    """
+    last = tf.members[-1].name if tf.members else None
+    tf.fileobj.seek(tf.offset)
+    while True:
+        chunk = tf.fileobj.read(CHUNK)
+        if not chunk:
+            return
+        if chunk.count(0) != len(chunk):
+            after = f"after the member '{last}'" if last else "at its start"
+            raise ArchiveError(f"{label} is corrupt: a damaged tar header {after}")
+
+
+def _target(root: Path, rel: PurePosixPath, label: str, name: str) -> Path:
+    target = root.joinpath(*rel.parts)
+    if os.path.commonpath([os.path.realpath(target), os.path.realpath(root)]) != os.path.realpath(root):
+        raise ArchiveError(f"refusing to extract {label}: member '{name}' would land outside the destination; "
+                           "nothing was extracted")
+    return target
+
+
+def _write_member(src, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as out:
+        shutil.copyfileobj(src, out, CHUNK)
+
+
+def extract_archive(archive: str | os.PathLike, into: str | os.PathLike, label: str | None = None) -> str:
+    """Check ``archive`` in full and extract its plain files and folders into the folder ``into``.
+
+    Returns the archive format.  Raises :class:`ArchiveError` (one line) for an unknown type, a
+    corrupt archive or a refused member; callers extract into a temporary folder (see :func:`unpack`).
+    """
+    archive, into = Path(archive), Path(into)
+    label = label or str(archive)
+    fmt = archive_format(archive)
+    if fmt is None:
+        raise ArchiveError(f"{label} is not a zip, tar or compressed tar archive (unknown magic bytes)")
+    try:
+        if fmt == "zip":
+            with zipfile.ZipFile(archive) as zf:
+                entries = _zip_entries(zf, label)
+                bad = zf.testzip()
+                if bad is not None:
+                    raise ArchiveError(f"{label} is corrupt: the member '{bad}' fails its CRC check")
+                for info, rel in entries:
+                    target = _target(into, rel, label, info.filename)
+                    if info.is_dir():
+                        target.mkdir(parents=True, exist_ok=True)
+                    else:
+                        with zf.open(info) as src:
+                            _write_member(src, target)
+        else:
+            with tarfile.open(archive, "r:*") as tf:
+                entries = _tar_entries(tf, label)
+                _check_tar_end(tf, label)
+                for info, rel in entries:
+                    target = _target(into, rel, label, info.name)
+                    if info.isdir():
+                        target.mkdir(parents=True, exist_ok=True)
+                    else:
+                        src = tf.extractfile(info)
+                        with contextlib.closing(src):
+                            _write_member(src, target)
+    except ArchiveError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, EOFError, OSError, ValueError,
+            NotImplementedError, zlib.error, lzma.LZMAError) as e:
+        if isinstance(e, OSError) and e.errno is not None and getattr(e, "filename", None):
+            # a problem of the destination (disk full, permissions), not of the archive
+            raise ArchiveError(f"could not extract {label}: {e.filename}: {e.strerror}") from None
+        raise ArchiveError(f"{label} is corrupt or truncated ({fmt}: {e or type(e).__name__})") from None
+    return fmt
+
+
+def unpack(archive: str | os.PathLike, dest: str | os.PathLike, folder: str, top_names: Iterable[str] = (),
+           label: str | None = None) -> Path:
+    """Extract ``archive`` so that its dataset lands as ``<dest>/<folder>``, atomically.
+
+    Extraction goes to a temporary folder inside ``dest``, renamed into place at the end; on any
+    error the temporary folder is removed and ``<dest>/<folder>`` is not created.
+    """
+    dest = Path(dest)
+    final = dest / folder
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder}-extract-", dir=dest))
+    try:
+        extract_archive(archive, tmp, label)
+        tops = [p for p in tmp.iterdir()]
+        names = {folder.lower(), *(n.lower() for n in top_names)}
+        if len(tops) == 1 and tops[0].is_dir() and tops[0].name.lower() in names:
+            source = tops[0]
+        else:
+            source = tmp
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(tmp, 0o777 & ~mask)      # mkdtemp makes 0700
+        if final.exists():
+            raise ArchiveError(f"{final} appeared while {label or archive} was being extracted; left it alone")
+        os.rename(source, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+# ----------------------------------------------------------------------------------- the whole flow
+
+@dataclass
+class Result:
+    dataset: Dataset
+    folder: Path
+    already: bool = False
+    archive: Path | None = None        # the kept archive, if any
+    files: int = 0
+    bytes: int = 0
+
+
+def human_size(n: int) -> str:
+    """``n`` bytes as ``'4.4 KB'``, ``'451.2 MB'``, ``'2.0 GB'`` (powers of 1000)."""
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+def tree_size(folder: Path) -> tuple[int, int]:
+    files = size = 0
+    for root, _, names in os.walk(folder):
+        for n in names:
+            files += 1
+            size += os.path.getsize(os.path.join(root, n))
+    return files, size
+
+
+def needs_download(dataset: Dataset, dest: str | os.PathLike, url: str | None = None) -> bool:
+    """Whether :func:`prepare` would go to the network (for asking the user first)."""
+    dest = Path(dest)
+    if (dest / dataset.folder).exists():
+        return False
+    if url is not None and local_source(url) is not None:
+        return False
+    return not (dest / dataset.archive).is_file()
+
+
+def prepare(dataset: Dataset | str, dest: str | os.PathLike = ".", url: str | None = None, keep_archive: bool = False,
+            progress: bool | None = None, timeout: float = 60.0, log: Callable[[str], None] = print) -> Result:
+    """Make ``<dest>/<dataset.folder>``: download (resumably), verify and unpack; see the module text."""
+    if isinstance(dataset, str):
+        if dataset not in DATASETS:
+            raise Tf3dganError(f"unknown dataset '{dataset}': choose one of {', '.join(DATASETS)}")
+        dataset = DATASETS[dataset]
+    dest = Path(dest)
+    final = dest / dataset.folder
+    if final.exists():
+        return Result(dataset, final, already=True)
+    if dest.exists() and not dest.is_dir():
+        raise Tf3dganError(f"--dest {dest} is not a folder")
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise Tf3dganError(f"cannot create the destination folder {dest}: {e.strerror}") from None
+
+    for stale in dest.glob(f".{dataset.folder}-extract-*"):
+        log(f"removing {stale}, left by an interrupted extraction")
+        shutil.rmtree(stale, ignore_errors=True)
+
+    local = local_source(url) if url is not None else None
+    owned = True           # whether the archive is ours to delete
+    if local is not None:
+        if not local.is_file():
+            raise DownloadError(f"--url {url}: no such file")
+        archive, owned = local, False
+        log(f"using the local archive {local}")
+    else:
+        archive = dest / dataset.archive
+        if archive.is_file():
+            log(f"using the archive already downloaded: {archive}")
+        else:
+            fetch([url] if url else dataset.urls, archive, progress=progress, timeout=timeout, log=log)
+
+    log(f"checking and extracting {archive} ...")
+    try:
+        unpack(archive, dest, dataset.folder, dataset.top_names, label=str(archive))
+    except ArchiveError as e:
+        if owned and ("is corrupt" in str(e) or "unknown magic" in str(e)):
+            with contextlib.suppress(OSError):
+                archive.unlink()
+            raise ArchiveError(f"{e}; deleted it, run again to download it afresh") from None
+        raise
+    files, size = tree_size(final)
+    kept = None
+    if owned and not keep_archive:
+        with contextlib.suppress(OSError):
+            archive.unlink()
+    elif owned:
+        kept = archive
+    return Result(dataset, final, archive=kept, files=files, bytes=size)
