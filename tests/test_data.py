@@ -437,6 +437,18 @@ def test_cache_is_used_when_consistent(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == sorted([data.CACHE_NAME] + [f"{s}.raw" for s in STEMS])
 
 
+def test_cache_method_note(tmp_path):
+    folder = copy_chairs(tmp_path / "train")
+    loose = data.load_dataset(folder)
+    path = data.write_cache(folder, loose, method="binvox-win")
+    with np.load(path) as z:
+        assert sorted(z.files) == ["dim", "method", "names", "voxels"] and str(z["method"]) == "binvox-win"
+    for spec in (folder, path):  # the note is never mistaken for voxels
+        cached = data.load_dataset(spec)
+        assert cached.names == loose.names
+        np.testing.assert_array_equal(cached.packed, loose.packed)
+
+
 def test_cache_is_ignored_when_stale(tmp_path):
     folder = copy_chairs(tmp_path / "train", stems=STEMS[:2])
     stale = data.load_dataset(folder)

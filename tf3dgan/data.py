@@ -46,7 +46,7 @@ SYNTHETIC_PREFIX = "synthetic:"
 SYNTHETIC_DEFAULT_N = 512
 DEFAULT_RESOLUTION = 64
 _PACK_CHUNK = 256  # grids binarised and packed at a time (bounds float temporaries)
-_NAME_KEYS = ("names", "dim")  # npz keys that are metadata, never voxel arrays
+_NAME_KEYS = ("names", "dim", "method")  # npz keys that are metadata, never voxel arrays
 
 
 # ------------------------------------------------------------------ dataset
@@ -113,12 +113,17 @@ def unpack(packed, dim: int) -> np.ndarray:
     return np.unpackbits(packed, axis=1, count=dim**3).reshape(-1, dim, dim, dim)
 
 
-def write_cache(folder: str | os.PathLike, dataset: VoxelDataset) -> Path:
-    """Atomically write ``dataset`` as ``folder/CACHE_NAME`` (keys ``voxels``, ``names``, ``dim``)."""
+def write_cache(folder: str | os.PathLike, dataset: VoxelDataset, method: str | None = None) -> Path:
+    """Atomically write ``dataset`` as ``folder/CACHE_NAME`` (keys ``voxels``, ``names``, ``dim``).
+
+    ``method``: optional note of how the grids were made (e.g. ``binvox-win``), stored
+    under the key ``method``; the loader ignores it.
+    """
     path = Path(folder) / CACHE_NAME
+    extra = {} if method is None else {"method": np.array(str(method))}
     with atomic_path(path) as tmp:
         np.savez_compressed(tmp, voxels=dataset.packed, names=np.array(dataset.names, dtype=str),
-                            dim=np.int64(dataset.dim))
+                            dim=np.int64(dataset.dim), **extra)
     return path
 
 
