@@ -307,47 +307,43 @@ def _ray_hits(tris: np.ndarray, axis: int, dim: int) -> tuple[np.ndarray, np.nda
     return gi[r] * dim + gj[idx], depth
 
 
-def _axis_votes(tris: np.ndarray, axis: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """Carving and parity votes of the two views along ``axis``, per cell centre.
+def _axis_codes(tris: np.ndarray, axis: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Carving and parity votes of the two views along ``axis``, for the rays with hits.
 
-    Returns ``(carved, votes)``, ``(dim, dim, dim)`` arrays indexed ``[i, j, k]`` with ``k``
-    along ``axis``: ``carved`` is True between the first and last surface hit of the
-    cell's ray; ``votes`` (0-2) counts the two views that see an odd number of crossings
-    between their side and the cell centre. Only rays with hits are processed.
+    Returns ``(rays, codes)``: the ray indices ``i * dim + j`` that hit the surface and, per
+    ray and cell ``k`` along ``axis``, ``codes = 8 * carved + votes`` (uint8 ``(n, dim)``):
+    ``carved`` is 1 between the first and the last hit; ``votes`` (0-2) counts the two
+    views that see an odd number of crossings between their side and the cell centre.
+    Rays without hits carve everything away and give no votes.
     """
-    carved = np.zeros((dim * dim, dim), dtype=bool)
-    votes = np.zeros((dim * dim, dim), dtype=np.uint8)
     ray, depth = _ray_hits(tris, axis, dim)
-    if ray.size:
-        # a hit at depth t is below the centre k + 0.5 of cell k iff k >= floor(t - 0.5) + 1
-        k = np.clip(np.floor(depth - 0.5).astype(np.int64) + 1, 0, dim)
-        present = np.bincount(ray, minlength=dim * dim) > 0
-        rays = np.flatnonzero(present)
-        row = (np.cumsum(present) - 1)[ray]
-        hist = np.bincount(row * (dim + 1) + k, minlength=rays.size * (dim + 1)).reshape(rays.size, dim + 1)
-        has = hist > 0
-        first = np.argmax(has, axis=1)              # cells k >= first have a hit below
-        last = dim - np.argmax(has[:, ::-1], axis=1)  # cells k < last have a hit above
-        cells = np.arange(dim)
-        carved[rays] = (cells >= first[:, None]) & (cells < last[:, None])
-        below = np.cumsum(hist, axis=1, dtype=np.uint8)[:, :dim] & 1  # parity survives uint8 wrap-around
-        total = (hist.sum(axis=1) & 1).astype(np.uint8)
-        votes[rays] = below + (below ^ total[:, None])
-    return carved.reshape(dim, dim, dim), votes.reshape(dim, dim, dim)
-
-
-def _to_xyz(arr: np.ndarray, axis: int) -> np.ndarray:
-    """Move the ray axis of an ``[i, j, k]`` array back to its place in ``[x, y, z]``."""
-    return np.moveaxis(arr, 2, axis)
+    if ray.size == 0:
+        return np.zeros(0, np.int64), np.zeros((0, dim), np.uint8)
+    # a hit at depth t is below the centre k + 0.5 of cell k iff k >= floor(t - 0.5) + 1
+    k = np.clip(np.floor(depth - 0.5).astype(np.int64) + 1, 0, dim)
+    present = np.bincount(ray, minlength=dim * dim) > 0
+    rays = np.flatnonzero(present)
+    row = (np.cumsum(present) - 1)[ray]
+    hist = np.bincount(row * (dim + 1) + k, minlength=rays.size * (dim + 1)).reshape(rays.size, dim + 1)
+    has = hist > 0
+    first = np.argmax(has, axis=1)              # cells k >= first have a hit below
+    last = dim - np.argmax(has[:, ::-1], axis=1)  # cells k < last have a hit above
+    cells = np.arange(dim)
+    carved = (cells >= first[:, None]) & (cells < last[:, None])
+    below = np.cumsum(hist, axis=1, dtype=np.uint8)[:, :dim] & 1  # parity survives uint8 wrap-around
+    odd = (np.bincount(row, minlength=rays.size) & 1).astype(np.uint8)
+    codes = below + (below ^ odd[:, None])  # below-side vote + above-side vote
+    codes |= carved.view(np.uint8) << 3
+    return rays, codes
 
 
 def solid_xyz(tris: np.ndarray, dim: int) -> np.ndarray:
     """binvox's default method (carving OR parity voting) as a bool ``[x][y][z]`` grid."""
-    total = None  # 8 * (views carving the cell inside) + parity votes, summed over the axes
+    total = np.zeros((dim, dim, dim), dtype=np.uint8)  # sum over the 3 axes of 8 * carved + votes
     for axis in range(3):
-        carved, votes = _axis_votes(tris, axis, dim)
-        code = _to_xyz((carved.view(np.uint8) << 3) | votes, axis)
-        total = code if total is None else total + code
+        rays, codes = _axis_codes(tris, axis, dim)
+        view = np.moveaxis(total, axis, 2)  # [i, j, k] with k along the rays
+        view[rays // dim, rays % dim] += codes
     return (total >= 24) | ((total & 7) >= 3)
 
 
