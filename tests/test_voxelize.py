@@ -340,3 +340,32 @@ def test_check_voxelizer_tool():
 def test_check_voxelizer_no_references(tmp_path):
     proc = tool("check_voxelizer", tmp_path, MESHES)
     assert proc.returncode == 2 and "no mesh" in proc.stderr
+
+
+def test_convert_tree_cache_method_note(tmp_path):
+    root = tmp_path / "m"
+    root.mkdir()
+    shutil.copyfile(MODELNET / "table" / "train" / "table_0151.off", root / "table_0151.off")
+    lines = []
+    summary = V.convert_tree(root, V.ConvertOptions(dim=16, method="binvox"), jobs=1, progress=False,
+                             report=lines.append)
+    assert summary.count("converted") == 1 and summary.caches == [root / data.CACHE_NAME] and not lines
+
+    def note():
+        with np.load(root / data.CACHE_NAME) as z:
+            return str(z["method"]) if "method" in z.files else None
+
+    assert note() == "binvox"
+    # nothing reconverted: the cache (and its note) stay, even if other options are given now
+    summary = V.convert_tree(root, V.ConvertOptions(dim=16, method="surface"), jobs=1, progress=False)
+    assert summary.count("skipped") == 1 and summary.caches == [] and note() == "binvox"
+    # a new mesh made another way: the cache lists both grids but no longer claims one method
+    shutil.copyfile(MODELNET / "chair" / "test" / "chair_0948.off", root / "chair_0948.off")
+    summary = V.convert_tree(root, V.ConvertOptions(dim=16, method="surface"), jobs=1, progress=False)
+    assert summary.count("converted") == 1 and note() is None
+    assert data.load_dataset(root).names == ["chair_0948", "table_0151"]
+    # grids of another size in the folder: no cache, one warning line, the batch still succeeds
+    np.save(root / "odd.npy", np.zeros((8, 8, 8), np.uint8))
+    summary = V.convert_tree(root, V.ConvertOptions(dim=16, method="surface", force=True), jobs=1, progress=False,
+                             report=lines.append)
+    assert summary.count("converted") == 2 and len(lines) == 1 and "not written" in lines[0]

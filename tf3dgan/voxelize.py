@@ -622,17 +622,22 @@ def convert_tree(folder: str | os.PathLike, options: ConvertOptions = ConvertOpt
                 note(convert_file(mesh, options))
         else:
             from concurrent.futures import ProcessPoolExecutor
+            from concurrent.futures.process import BrokenProcessPool
 
-            with ProcessPoolExecutor(max_workers=jobs) as pool:
-                for result in pool.map(_convert_star, [(m, options) for m in meshes], chunksize=2):
-                    note(result)
+            try:
+                with ProcessPoolExecutor(max_workers=jobs) as pool:
+                    for result in pool.map(_convert_star, [(m, options) for m in meshes], chunksize=2):
+                        note(result)
+            except BrokenProcessPool:
+                raise DataError(f"{folder}: a voxelizer process died (out of memory?) after {len(results)} of "
+                                f"{len(meshes)} files; the files written are complete: rerun with fewer -j") from None
     finally:
         bar.close()
     caches, warnings_ = [], []
     if write_caches:
         for mesh_dir in sorted({Path(r.mesh).parent for r in results}):
-            line, path = update_cache(mesh_dir, options, any(Path(r.mesh).parent == mesh_dir and r.status == "converted"
-                                                             for r in results))
+            mine = [r for r in results if Path(r.mesh).parent == mesh_dir]
+            line, path = update_cache(mesh_dir, options, sum(r.status == "converted" for r in mine), len(mine))
             if path is not None:
                 caches.append(path)
             if line:
@@ -641,26 +646,34 @@ def convert_tree(folder: str | os.PathLike, options: ConvertOptions = ConvertOpt
     return ConvertSummary(results, caches, warnings_)
 
 
-def update_cache(folder: Path, options: ConvertOptions, changed: bool = True) -> tuple[str, Path | None]:
-    """(Re)write ``folder``'s dataset cache from its voxel files when ``changed`` or when the
-    cache is missing or out of date. Returns ``(problem line or '', cache path or None)``."""
+def update_cache(folder: Path, options: ConvertOptions, converted: int = 1, meshes: int = 1) -> tuple[str, Path | None]:
+    """(Re)write ``folder``'s dataset cache from its voxel files when this run ``converted``
+    some of its ``meshes`` or when the cache is missing or does not list the folder's voxel
+    files. The cache notes ``options.describe()`` as its method when every grid is known to
+    be made that way (all converted now, or the old cache said so), else no method.
+    Returns ``(problem line or '', cache path or None)``.
+    """
     from . import data
 
     files = data.voxel_files(folder)
     if not files:
         return "", None
     cache = folder / data.CACHE_NAME
-    if not changed and cache.is_file():
+    old_method = None
+    if cache.is_file():
         try:
             with np.load(cache, allow_pickle=False) as z:
-                current = (sorted(z["names"].tolist()) == sorted(data._stem(f) for f in files)
-                           and str(z["method"]) == options.describe() if "method" in z.files else False)
+                same_names = sorted(z["names"].tolist()) == sorted(f.name[: -len(f.suffix)] for f in files)
+                old_method = str(z["method"]) if "method" in z.files else None
         except Exception:  # noqa: BLE001 - an unreadable cache is rewritten
-            current = False
-        if current:
+            same_names = False
+        if same_names and not converted:
             return "", None
+    method = options.describe()
+    if converted < meshes and old_method != method:
+        method = None
     try:
         dataset = data.load_dataset([str(f) for f in files])
     except DataError as exc:
         return f"warning: {cache} not written: {exc}", None
-    return "", data.write_cache(folder, dataset, method=options.describe())
+    return "", data.write_cache(folder, dataset, method=method)
