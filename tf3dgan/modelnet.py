@@ -260,42 +260,46 @@ def _skipped(rel: PurePosixPath | None) -> bool:
     return rel is None or rel.parts[0] == "__MACOSX"
 
 
-def _zip_entries(zf: zipfile.ZipFile, label: str) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
+def _zip_type_problem(info: zipfile.ZipInfo) -> str | None:
+    mode = info.external_attr >> 16          # Unix mode; its type bits are 0 when not recorded
+    if stat.S_IFMT(mode) in (0, stat.S_IFREG, stat.S_IFDIR):
+        return None
+    kind = "a symbolic link" if stat.S_ISLNK(mode) else "a special file"
+    return f"{kind} (only plain files and folders are extracted)"
+
+
+def _tar_type_problem(info: tarfile.TarInfo) -> str | None:
+    if info.isreg() or info.isdir():
+        return None
+    if info.issym():
+        kind = f"a symbolic link (to '{info.linkname}')"
+    elif info.islnk():
+        kind = f"a hard link (to '{info.linkname}')"
+    else:
+        kind = "a device file, FIFO or other special file"
+    return kind + " (only plain files and folders are extracted)"
+
+
+def _checked_entries(members, name_of, type_problem, label: str) -> list:
+    """``(member, relative path)`` of the members to extract; any unsafe member refuses the archive."""
     entries = []
-    for info in zf.infolist():
-        problem = _member_problem(info.filename)
-        mode = info.external_attr >> 16          # Unix mode; its type bits are 0 when not recorded
-        if problem is None and stat.S_IFMT(mode) not in (0, stat.S_IFREG, stat.S_IFDIR):
-            kind = "a symbolic link" if stat.S_ISLNK(mode) else "a special file"
-            problem = f"{kind} (only plain files and folders are extracted)"
+    for info in members:
+        name = name_of(info)
+        problem = _member_problem(name) or type_problem(info)
         if problem:
-            raise ArchiveError(f"refusing to extract {label}: member '{info.filename}' is {problem}; "
-                               "nothing was extracted")
-        rel = _relative(info.filename)
+            raise ArchiveError(f"refusing to extract {label}: member '{name}' is {problem}; nothing was extracted")
+        rel = _relative(name)
         if not _skipped(rel):
             entries.append((info, rel))
     return entries
+
+
+def _zip_entries(zf: zipfile.ZipFile, label: str) -> list[tuple[zipfile.ZipInfo, PurePosixPath]]:
+    return _checked_entries(zf.infolist(), lambda i: i.filename, _zip_type_problem, label)
 
 
 def _tar_entries(tf: tarfile.TarFile, label: str) -> list[tuple[tarfile.TarInfo, PurePosixPath]]:
-    entries = []
-    for info in tf.getmembers():
-        problem = _member_problem(info.name)
-        if problem is None and not (info.isreg() or info.isdir()):
-            if info.issym():
-                problem = f"a symbolic link (to '{info.linkname}')"
-            elif info.islnk():
-                problem = f"a hard link (to '{info.linkname}')"
-            else:
-                problem = "a device file, FIFO or other special file"
-            problem += " (only plain files and folders are extracted)"
-        if problem:
-            raise ArchiveError(f"refusing to extract {label}: member '{info.name}' is {problem}; "
-                               "nothing was extracted")
-        rel = _relative(info.name)
-        if not _skipped(rel):
-            entries.append((info, rel))
-    return entries
+    return _checked_entries(tf.getmembers(), lambda i: i.name, _tar_type_problem, label)
 
 
 def _check_tar_end(tf: tarfile.TarFile, label: str) -> None:
