@@ -6,7 +6,7 @@ here = Path(__file__).parent
 version = {}
 exec((here / "tf3dgan" / "__init__.py").read_text(), version)
 
-TOOLS = ["train", "bench", "download_data", "convert_data", "check_voxelizer"]
+TOOLS = ["train", "bench", "download_data", "convert_data", "check_voxelizer", "convert_to_obj"]
 
 setup(
     name="tf3dgan",
@@ -25,6 +25,8 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.7",
         "tensorboard>=2.16",
+        "trimesh>=4",
+        "scikit-image>=0.21",
     ],
     extras_require={
         "cuda": ["tensorflow[and-cuda]>=2.16"],

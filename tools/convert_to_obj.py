@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Convert voxel grids (generated samples, .npy/.raw/.binvox) to meshes (the original convert_to_obj.py).
+
+    python tools/convert_to_obj.py -n chairs            # savepoint/chairs/*.npy -> savepoint/chairs/models/*.obj
+    python tools/convert_to_obj.py -f savepoint/chairs/100.npy --mesh marching-cubes --smooth 1 --format stl
+Meshes are z-up (x, y, z) = (axis0, axis2, axis1) * scale; see tf3dgan/mesh.py.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+from tf3dgan.cli import run_tool
+from tf3dgan.errors import DataError, Tf3dganError
+from tf3dgan.mesh import DEFAULT_SCALE, DEFAULT_THRESHOLD, FORMATS, MESH_KINDS, export_mesh, grid_to_mesh, load_grids
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="Convert voxel grids to meshes (OBJ by default).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("-n", "--name", help="run name: convert every <out>/<name>/*.npy into <out>/<name>/models/")
+    src.add_argument("-f", "--file", help="convert one file (.npy, .raw or .binvox)")
+    p.add_argument("--out", default="savepoint", help="folder of the runs (with -n)")
+    p.add_argument("-o", "--output", default=None,
+                   help="output file with -f [default: beside the input as <stem>.<format>; with --all <stem>_<i>]")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--index", type=int, default=None, help="which grid of a batch .npy to convert [default: 0]")
+    which.add_argument("--all", action="store_true", help="convert every grid of a batch .npy (<stem>_<i>.<format>)")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="a voxel is solid above this value")
+    p.add_argument("--mesh", choices=MESH_KINDS, default="cubes",
+                   help="cubes: the original's exposed-voxel cubes; faces: closed surface of the exposed faces; "
+                        "marching-cubes: smooth closed surface")
+    p.add_argument("--smooth", type=float, default=0.0, help="Gaussian sigma (voxels) before marching cubes")
+    p.add_argument("--format", choices=FORMATS, default=None,
+                   help="mesh file format [default: from -o's suffix, else obj]")
+    p.add_argument("--scale", type=float, default=DEFAULT_SCALE, help="voxel size in mesh units")
+    return p
+
+
+def _order(path: Path):
+    return (0, int(path.stem), "") if re.fullmatch(r"\d+", path.stem) else (1, 0, path.stem)
+
+
+def _mesh(args, grid, name):
+    return grid_to_mesh(grid, threshold=args.threshold, mesh=args.mesh, scale=args.scale, smooth=args.smooth,
+                        name=name)
+
+
+def convert_run(args, fmt: str) -> None:
+    folder = Path(args.out) / args.name
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such run folder")
+    files = sorted(folder.glob("*.npy"), key=_order)
+    if not files:
+        raise DataError(f"{folder}: no .npy samples to convert")
+    models = folder / "models"
+    wrote = skipped = empty = 0
+    for f in files:
+        target = models / f"{f.stem}.{fmt}"
+        if target.exists():
+            skipped += 1
+            continue
+        grid = load_grids(f)[0]
+        try:
+            m = _mesh(args, grid, str(f))
+        except DataError as exc:
+            if "no voxel above threshold" not in str(exc):
+                raise
+            print(f"skipped {f}: {exc}", flush=True)
+            empty += 1
+            continue
+        export_mesh(m, target, fmt)
+        wrote += 1
+    extra = "".join([f", skipped {skipped} existing" if skipped else "",
+                     f", {empty} with no voxel above threshold {args.threshold:g}" if empty else ""])
+    print(f"wrote {wrote} .{fmt} file{'s' * (wrote != 1)} to {models}{extra}")
+
+
+def convert_file(args, fmt: str) -> None:
+    src = Path(args.file)
+    grids = load_grids(src)
+    if args.all:
+        indices = list(range(len(grids)))
+    else:
+        i = 0 if args.index is None else args.index
+        if not -len(grids) <= i < len(grids):
+            raise DataError(f"{src}: --index {i} is out of range (the file holds {len(grids)} grid(s))")
+        indices = [i % len(grids)]
+    if args.output:
+        out = Path(args.output)
+        base = out.with_suffix("") if out.suffix.lstrip(".").lower() in FORMATS else out
+    else:
+        base = src.with_suffix("")
+    written = []
+    for i in indices:
+        target = base.parent / f"{base.name}_{i}.{fmt}" if args.all else base.parent / f"{base.name}.{fmt}"
+        label = f"{src}[{i}]" if len(grids) > 1 else str(src)
+        m = _mesh(args, grids[i], label)
+        export_mesh(m, target, fmt)
+        written.append((target, m))
+    if len(written) == 1:
+        t, m = written[0]
+        print(f"wrote {t} ({len(m.vertices)} vertices, {len(m.faces)} triangles)")
+    else:
+        print(f"wrote {len(written)} .{fmt} files to {base.parent} ({base.name}_0.{fmt} ... )")
+
+
+def run(args: argparse.Namespace) -> None:
+    if args.scale <= 0:
+        raise Tf3dganError(f"--scale must be positive, not {args.scale:g}")
+    if args.smooth < 0:
+        raise Tf3dganError(f"--smooth must be >= 0, not {args.smooth:g}")
+    fmt = args.format
+    if fmt is None:
+        suffix = Path(args.output).suffix.lstrip(".").lower() if args.output else ""
+        fmt = suffix if suffix in FORMATS else "obj"
+    if args.name is not None:
+        if args.output or args.index is not None or args.all:
+            raise Tf3dganError("-o/--output, --index and --all go with -f/--file, not -n/--name")
+        convert_run(args, fmt)
+    else:
+        convert_file(args, fmt)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_tool(lambda: run(args), needs_tensorflow=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
