@@ -114,7 +114,7 @@ def test_cli_errors(tmp_path):
     assert "no such run folder" in error_line(tool("convert_to_obj", "-n", "nope", "--out", tmp_path))
     assert "nofile.npy: no such file" in error_line(tool("convert_to_obj", "-f", tmp_path / "nofile.npy"))
     np.save(tmp_path / "bad.npy", np.zeros((2, 3, 4, 5, 6)))
-    assert "bad.npy: array of shape (2, 3, 4, 5, 6)" in error_line(tool("convert_to_obj", "-f", tmp_path / "bad.npy"))
+    assert "bad.npy: voxel array has shape (2, 3, 4, 5, 6)" in error_line(tool("convert_to_obj", "-f", tmp_path / "bad.npy"))
     np.save(tmp_path / "zero.npy", np.zeros((4, 4, 4)))
     line = error_line(tool("convert_to_obj", "-f", tmp_path / "zero.npy"))
     assert line == f"error: no voxel above threshold 0.3 in {tmp_path / 'zero.npy'}"

@@ -420,14 +420,16 @@ def _array_part(origin: str, array: np.ndarray, stem: str, names: list[str] | No
         raise DataError(f"{origin}: voxel array has dtype {array.dtype}; expected bool, integer or float")
     if array.ndim == 2 and packed_ok:
         return _packed_part(origin, array, stem, names, dim)
-    grids = _as_batch(origin, array, packed_ok)
+    grids = as_batch(array, origin, packed_ok=packed_ok)
     if names is None:
         names = [stem] if array.ndim == 3 else [f"{stem}_{i:05d}" for i in range(len(grids))]
     return _Part(pack(grids), grids.shape[1], names, origin)
 
 
-def _as_batch(origin: str, array: np.ndarray, packed_ok: bool) -> np.ndarray:
-    """View an array as ``(N, D, D, D)`` or raise a DataError listing the accepted shapes."""
+def as_batch(array: np.ndarray, origin: str, *, cubic: bool = True, packed_ok: bool = False) -> np.ndarray:
+    """View a voxel array ``(D,H,W)``, ``(N,D,H,W)``, ``(N,1,D,H,W)`` or ``(N,D,H,W,1)`` as
+    ``(N, D, H, W)``; ``cubic`` also requires D = H = W.  Anything else is a DataError naming
+    ``origin`` and listing the accepted shapes."""
     shape = array.shape
     batch = None
     if array.ndim == 3:
@@ -438,9 +440,10 @@ def _as_batch(origin: str, array: np.ndarray, packed_ok: bool) -> np.ndarray:
         batch = array[:, 0]
     elif array.ndim == 5 and shape[4] == 1:
         batch = array[..., 0]
-    if batch is None or not batch.shape[1] == batch.shape[2] == batch.shape[3]:
-        packed = " or packed bits (N, D³/8) uint8" if packed_ok else " (packed bits only in .npz)"
-        raise DataError(f"{origin}: voxel array has shape {shape}; accepted shapes are {_LAYOUTS}{packed}")
+    if batch is None or (cubic and not batch.shape[1] == batch.shape[2] == batch.shape[3]):
+        layouts = _LAYOUTS if cubic else _LAYOUTS.replace("D,D,D", "D,H,W")
+        packed = (" or packed bits (N, D³/8) uint8" if packed_ok else " (packed bits only in .npz)") if cubic else ""
+        raise DataError(f"{origin}: voxel array has shape {shape}; accepted shapes are {layouts}{packed}")
     return batch
 
 

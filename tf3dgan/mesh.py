@@ -26,6 +26,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .binvox import read_binvox, read_raw
+from .data import as_batch
 from .errors import DataError, Tf3dganError
 
 MESH_KINDS = ("cubes", "faces", "marching-cubes")
@@ -57,15 +58,7 @@ def load_grids(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"{name}: not a readable .npy array ({exc})") from exc
     if not isinstance(a, np.ndarray) or not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
         raise DataError(f"{name}: holds a {getattr(a, 'dtype', type(a))} array, expected numbers")
-    if a.ndim == 5 and a.shape[1] == 1:
-        a = a[:, 0]
-    elif a.ndim == 5 and a.shape[-1] == 1:
-        a = a[..., 0]
-    elif a.ndim == 3:
-        a = a[None]
-    if a.ndim != 4:
-        raise DataError(f"{name}: array of shape {a.shape} is not a voxel grid "
-                        "(expected (D,H,W), (N,D,H,W), (N,1,D,H,W) or (N,D,H,W,1))")
+    a = as_batch(a, name, cubic=False)
     if 0 in a.shape:
         raise DataError(f"{name}: array of shape {a.shape} is empty")
     return a.astype(np.float32, copy=False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import time
 from pathlib import Path
 
 from tf3dgan.cli import run_tool
@@ -98,12 +99,14 @@ def convert_file(args, fmt: str) -> None:
     for i in indices:
         target = base.parent / f"{base.name}_{i}.{fmt}" if args.all else base.parent / f"{base.name}.{fmt}"
         label = f"{src}[{i}]" if len(grids) > 1 else str(src)
+        start = time.perf_counter()
         m = _mesh(args, grids[i], label)
+        seconds = time.perf_counter() - start
         export_mesh(m, target, fmt)
-        written.append((target, m))
+        written.append((target, m, seconds))
     if len(written) == 1:
-        t, m = written[0]
-        print(f"wrote {t} ({len(m.vertices)} vertices, {len(m.faces)} triangles)")
+        t, m, seconds = written[0]
+        print(f"wrote {t} ({len(m.vertices)} vertices, {len(m.faces)} triangles; meshed in {1000 * seconds:.0f} ms)")
     else:
         print(f"wrote {len(written)} .{fmt} files to {base.parent} ({base.name}_0.{fmt} ... )")
 
