@@ -45,7 +45,7 @@ def test_train_cli_writes_the_whole_run_folder(tmp_path):
         assert tag in tags, (tag, sorted(tags))
     assert any(t.startswith("sample/voxels") for t in tags), sorted(tags)
     # the exported generator loads alone
-    generator = runs.load_generator(run)
+    generator = runs.load_generator(run)[0]
     assert generator(np.zeros((1, 200), np.float32)).shape == (1, 8, 8, 8, 1)
 
 

@@ -44,7 +44,7 @@ def test_a_small_gan_learns_boxes(tmp_path):
     z = np.random.default_rng(1).standard_normal((256, 200)).astype(np.float32)
     untrained, _ = build_from_config(runs.read_config(run)["model"])
     before = metrics.sample_quality(untrained(z, training=False).numpy()[..., 0], reference)
-    after = metrics.sample_quality(runs.load_generator(run)(z, training=False).numpy()[..., 0], reference)
+    after = metrics.sample_quality(runs.load_generator(run)[0](z, training=False).numpy()[..., 0], reference)
     print("untrained", before, "\ntrained", after)
     assert passes(after), after      # matching IoU >= 0.40, >= 61 of 512 boxes covered, many close samples
     assert not passes(before), before

@@ -39,6 +39,7 @@ class TrainConfig:
     save: int = 10
     graph: int = 10
     graph3d: int = 10
+    graph_style: str = "scatter"
     load: bool = False
     load_epoch: int | None = None
     glr: float = 0.002
@@ -333,8 +334,9 @@ class _Run:
         tf = self.tf
         threshold = 0.5 if self.spec["output_activation"] == "sigmoid" else 0.3
         title = f"{self.spec['arch']} [Epoch={self.epoch}]"
-        plots.save_voxel_graph(self.dir / "3D_graphs" / f"{self.epoch}.png", grid, title, threshold)
-        image = plots.voxel_graph_image(grid, title, threshold)
+        plots.save_voxel_graph(self.dir / "3D_graphs" / f"{self.epoch}.png", grid, title, threshold,
+                               style=self.cfg.graph_style)
+        image = plots.voxel_graph_image(grid, title, threshold, style="shaded")
         points = plots.surface_voxels(grid, threshold).astype(np.float32)
         with self.writer.as_default(step=self.epoch):
             tf.summary.image("sample/graph", image[None], step=self.epoch)

@@ -129,18 +129,53 @@ def export_generator(run_dir: Path, generator) -> Path:
     return path
 
 
-def load_generator(run_dir: Path, weights: Path | None = None, dtype_policy: str | None = "float32"):
-    """Rebuild a run's generator from ``config.json`` and load its exported weights."""
-    from .models import build_from_config
+def generator_source(run_dir: Path | None = None, weights: Path | None = None, epoch: int | None = None) -> Path:
+    """The file ``load_generator`` reads (see there); a missing one is a CheckpointError naming it."""
+    run_dir = None if run_dir is None else Path(run_dir)
+    if weights is not None:
+        source = Path(weights)
+    elif run_dir is None:
+        raise Tf3dganError("load_generator needs a run folder or a weights file")
+    elif epoch is not None:
+        source = checkpoint_path(run_dir, epoch)
+        if not source.is_file():
+            have = ", ".join(map(str, saved_epochs(run_dir))) or "none"
+            raise CheckpointError(f"{source}: no checkpoint of epoch {epoch} (saved epochs: {have})")
+    else:
+        source = checkpoint_path(run_dir)
+        if not source.is_file():
+            source = run_dir / GENERATOR_WEIGHTS
+    if not source.is_file():
+        raise CheckpointError(f"{source}: no such weights file (a run writes checkpoints/ and {GENERATOR_WEIGHTS} "
+                              "at every -save epoch)")
+    return source
 
-    run_dir = Path(run_dir)
-    config = read_config(run_dir)
-    weights = Path(weights) if weights else run_dir / GENERATOR_WEIGHTS
-    if not weights.is_file():
-        raise CheckpointError(f"{weights}: no such weights file (the run exports it at every -save epoch)")
-    generator, _ = build_from_config(config["model"], dtype_policy=dtype_policy)
+
+def load_generator(run_dir: Path | None = None, weights: Path | None = None, epoch: int | None = None,
+                   dtype_policy: str | None = "float32"):
+    """Rebuild a run's generator and load its weights; returns ``(generator, source_path)``.
+
+    Sources, in order: ``weights`` (a checkpoint ``.npz``, self-describing, or a ``.weights.h5`` with the
+    run's ``config.json`` from ``run_dir`` or beside it); the checkpoint of ``epoch``; the run's newest
+    state (``checkpoints/latest.npz``, else ``generator.weights.h5``)."""
+    source = generator_source(run_dir, weights, epoch)
+    from .models import build_from_config
+    if source.suffix == ".npz":
+        arrays, meta = load_checkpoint(source)
+        if "model" not in meta:
+            raise CheckpointError(f"{source}: checkpoint metadata has no model description")
+        generator, _ = build_from_config(meta["model"], dtype_policy=dtype_policy)
+        values = [(v, arrays.get(f"g/{i:03d}")) for i, v in enumerate(generator.weights)]
+        for i, (v, value) in enumerate(values):
+            if value is None or tuple(value.shape) != tuple(v.shape):
+                raise CheckpointError(f"{source}: generator weight g/{i:03d} is missing or has the wrong shape")
+        for v, value in values:
+            v.assign(value)
+        return generator, source
+    config_dir = Path(run_dir) if run_dir is not None else source.parent
+    generator, _ = build_from_config(read_config(config_dir)["model"], dtype_policy=dtype_policy)
     try:
-        generator.load_weights(str(weights))
+        generator.load_weights(str(source))
     except (ValueError, OSError) as e:
-        raise CheckpointError(f"{weights}: cannot load generator weights ({type(e).__name__}: {e})") from None
-    return generator
+        raise CheckpointError(f"{source}: cannot load generator weights ({type(e).__name__}: {e})") from None
+    return generator, source

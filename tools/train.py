@@ -29,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-save", type=int, default=D.save, help="save a checkpoint every N epochs (and at the end)")
     p.add_argument("-graph", type=int, default=D.graph, help="save the loss graph plots/<epoch>.png every N epochs")
     p.add_argument("-graph3d", type=int, default=D.graph3d, help="save a 3D graph 3D_graphs/<epoch>.png every N epochs")
+    p.add_argument("--graph-style", default=D.graph_style, choices=["scatter", "shaded"],
+                   help="3D_graphs/ pictures: the original's scatter of surface voxels, or a shaded render")
     p.add_argument("-l", "--load", action="store_true", help="resume the run from its latest checkpoint")
     p.add_argument("-le", "--load_epoch", type=int, default=None, help="resume from the checkpoint of this epoch (implies -l)")
     p.add_argument("-glr", "--generator_learning_rate", dest="glr", type=float, default=D.glr, help="generator learning rate")
