@@ -118,3 +118,21 @@ def test_cli_errors(tmp_path):
     np.save(tmp_path / "zero.npy", np.zeros((4, 4, 4)))
     line = error_line(tool("convert_to_obj", "-f", tmp_path / "zero.npy"))
     assert line == f"error: no voxel above threshold 0.3 in {tmp_path / 'zero.npy'}"
+
+
+def test_hand_made_grids():
+    one = np.zeros((3, 3, 3), np.float32)
+    one[1, 1, 1] = 1
+    cubes = grid_to_mesh(one, mesh="cubes", scale=1)
+    assert (len(cubes.vertices), len(cubes.faces)) == (8, 12)
+    faces = grid_to_mesh(one, mesh="faces", scale=1)
+    assert (len(faces.vertices), len(faces.faces)) == (8, 12) and faces.is_watertight
+    assert faces.volume == pytest.approx(1.0)
+    block = np.zeros((4, 4, 4), np.float32)
+    block[1:3, 1:3, 1:3] = 1
+    f = grid_to_mesh(block, mesh="faces", scale=1)
+    # 6 sides of 2×2 unit squares; the vertices are the 3×3×3 lattice without its centre
+    assert (len(f.vertices), len(f.faces)) == (26, 48) and f.is_watertight and f.volume == pytest.approx(8.0)
+    mc = grid_to_mesh(block, mesh="marching-cubes", scale=1)
+    assert mc.is_watertight and mc.is_winding_consistent and mc.volume > 0
+    assert len(grid_to_mesh(block, mesh="cubes", scale=1).faces) == 8 * 12   # every voxel of it is exposed
