@@ -1,0 +1,194 @@
+"""tools/render_class_view.py and tf3dgan.render: Blender renders of real ModelNet chairs, and one-line errors.
+
+The render tests need Blender (apt-get install blender) and are skipped without it; the error tests do not.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+
+import numpy as np
+import pytest
+
+from tf3dgan.binvox import read_raw
+from tf3dgan.mesh import export_mesh, grid_to_mesh
+
+from _cli import FIXTURES, error_line, tool
+
+CHAIR_RAW = FIXTURES / "chair" / "train" / "chair_0013.raw"    # binvox -d 64 of ModelNet10 chair_0013
+needs_blender = pytest.mark.skipif(shutil.which("blender") is None,
+                                   reason="Blender is not installed (apt-get install blender)")
+
+
+@pytest.fixture(scope="module")
+def chair_obj(tmp_path_factory):
+    """A real chair mesh: the fixture grid as closed voxel faces, z-up, written as .obj."""
+    path = tmp_path_factory.mktemp("mesh") / "chair_0013.obj"
+    export_mesh(grid_to_mesh(read_raw(CHAIR_RAW).astype(np.float32), mesh="faces"), path)
+    return path
+
+
+def read_png(path):
+    import matplotlib.image as mpimg
+
+    im = mpimg.imread(str(path))
+    assert im.ndim == 3 and im.shape[2] == 4, im.shape      # RGBA
+    return im
+
+
+def check_chair_image(path, size):
+    im = read_png(path)
+    assert im.shape[:2] == (size, size)
+    alpha = im[..., 3].astype(np.float64)
+    coverage = float((alpha > 0.5).mean())
+    assert 0.02 < coverage < 0.8, coverage                   # the chair, on a transparent background
+    assert alpha[0].max() == 0 and alpha[:, 0].max() == 0    # not cut off at the borders
+    ys, xs = np.mgrid[0:size, 0:size]
+    cy, cx = (alpha * ys).sum() / alpha.sum(), (alpha * xs).sum() / alpha.sum()
+    assert abs(cy - (size - 1) / 2) < 0.15 * size and abs(cx - (size - 1) / 2) < 0.15 * size, (cy, cx)
+    rgb = im[..., :3][alpha > 0.5]
+    assert rgb.mean() > 0.15 and rgb.std() > 0.01            # lit and shaded, not black or flat
+    return im
+
+
+def fake_blender(path, body):
+    """An executable Python script standing in for Blender."""
+    path.write_text(f"#!{sys.executable}\nimport sys, time\n{body}\n")
+    path.chmod(0o755)
+    return path
+
+
+def leftovers(folder, expected):
+    return sorted(p.name for p in folder.iterdir() if p.name not in expected)
+
+
+@needs_blender
+def test_cycles_render_of_a_chair_mesh(chair_obj, tmp_path):
+    out = tmp_path / "chair.png"
+    proc = tool("render_class_view", "-m", chair_obj, "-o", out, "--resolution", 96, "--samples", 4)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"wrote {out}" in proc.stdout and "cycles" in proc.stdout
+    im = check_chair_image(out, 96)
+    # the colour asked for (default #8fb8de): bluish
+    rgb = im[..., :3][im[..., 3] > 0.5].mean(0)
+    assert rgb[2] > rgb[0], rgb
+    assert leftovers(tmp_path, {"chair.png"}) == []
+
+
+@needs_blender
+def test_workbench_render_of_a_voxel_file(tmp_path):
+    out = tmp_path / "wb.png"
+    proc = tool("render_class_view", "-m", CHAIR_RAW, "-o", out, "--engine", "workbench", "--resolution", 96,
+                "-a", 20, "-e", 15, "--color", "0.8,0.3,0.2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "workbench" in proc.stdout and "meshed" in proc.stdout
+    im = check_chair_image(out, 96)
+    rgb = im[..., :3][im[..., 3] > 0.5].mean(0)
+    assert rgb[0] > rgb[2], rgb                               # red-brown, as asked
+
+
+@needs_blender
+def test_views_file_renders_each_view_in_one_run(chair_obj, tmp_path):
+    views = tmp_path / "views.txt"
+    views.write_text("# az el tilt dist\n\n0 20 0 2.0\n135, 40, 10, 2.5   # from behind\n")
+    proc = tool("render_class_view", "-m", chair_obj, "-o", tmp_path / "turn.png", "--views", views,
+                "--engine", "workbench", "--resolution", 64, "--verbose")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "running: " in proc.stdout and "--factory-startup" in proc.stdout    # --verbose shows the command
+    assert proc.stdout.count("TF3DGAN-WROTE") == 2                              # ... and Blender's output
+    a, b = read_png(tmp_path / "turn_0.png"), read_png(tmp_path / "turn_1.png")
+    assert a.shape == b.shape == (64, 64, 4)
+    assert np.abs(a[..., 3] - b[..., 3]).mean() > 0.01
+    assert leftovers(tmp_path, {"views.txt", "turn_0.png", "turn_1.png"}) == []
+
+
+@needs_blender
+def test_blender_side_error_is_one_line(tmp_path):
+    bad = tmp_path / "empty.obj"
+    bad.write_text("# no vertices here\n")
+    out = tmp_path / "x.png"
+    line = error_line(tool("render_class_view", "-m", bad, "-o", out, "--engine", "workbench",
+                           "--resolution", 32))
+    assert "Blender failed" in line and "no mesh" in line and str(bad) in line
+    assert leftovers(tmp_path, {"empty.obj"}) == []
+
+
+# ----------------------------------------------------------------------------------------- no Blender needed
+def test_missing_model_file(tmp_path):
+    line = error_line(tool("render_class_view", "-m", tmp_path / "nope.obj", "-o", tmp_path / "x.png"))
+    assert "nope.obj" in line and "no such" in line
+
+
+def test_unsupported_model_type(tmp_path):
+    f = tmp_path / "chair.fbx"
+    f.write_bytes(b"x")
+    line = error_line(tool("render_class_view", "-m", f, "-o", tmp_path / "x.png"))
+    assert "chair.fbx" in line and "'.fbx'" in line and ".obj" in line
+
+
+def test_missing_blender(chair_obj, tmp_path):
+    line = error_line(tool("render_class_view", "-m", chair_obj, "-b", "/nonexistent/blender",
+                           "-o", tmp_path / "x.png"))
+    assert "Blender not found" in line and "/nonexistent/blender" in line and "apt-get install blender" in line
+
+
+def test_bad_flags(chair_obj, tmp_path):
+    views = tmp_path / "v.txt"
+    views.write_text("10 20 0 2\n10 twenty 0 2\n")
+    line = error_line(tool("render_class_view", "-m", chair_obj, "--views", views, "-b", sys.executable))
+    assert "v.txt:2" in line and "4 numbers" in line
+    line = error_line(tool("render_class_view", "-m", chair_obj, "--views", views, "-a", 10))
+    assert "either --views" in line
+    assert "--color" in error_line(tool("render_class_view", "-m", chair_obj, "--color", "blue"))
+    assert "distance" in error_line(tool("render_class_view", "-m", chair_obj, "-d", 0))
+    assert ".png" in error_line(tool("render_class_view", "-m", chair_obj, "-o", tmp_path / "x.jpg"))
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="uses a script with a #! line as a fake Blender")
+def test_failing_blender_is_reported_in_one_line(chair_obj, tmp_path):
+    fake = fake_blender(tmp_path / "fake-blender",
+                        "print('Blender 0.0 (fake)', flush=True)\nprint('segfault-ish junk', file=sys.stderr)\n"
+                        "sys.exit(1)")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    proc = tool("render_class_view", "-m", chair_obj, "-b", fake, "-o", out_dir / "x.png")
+    line = error_line(proc)
+    assert "Blender failed (exit status 1)" in line
+    assert "segfault-ish junk" in proc.stderr                  # Blender's last lines are shown
+    assert list(out_dir.iterdir()) == []                       # no PNG, no temporary file
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="uses a script with a #! line as a fake Blender")
+def test_blender_timeout(chair_obj, tmp_path):
+    fake = fake_blender(tmp_path / "slow-blender", "print('started', flush=True)\ntime.sleep(60)")
+    proc = tool("render_class_view", "-m", chair_obj, "-b", fake, "-o", tmp_path / "x.png", "--timeout", 1,
+                timeout=30)
+    assert "did not finish within 1 s" in error_line(proc)
+    assert not (tmp_path / "x.png").exists()
+    assert leftovers(tmp_path, {"slow-blender"}) == []
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="uses a script with a #! line as a fake Blender")
+def test_fake_blender_that_writes_nothing(chair_obj, tmp_path):
+    fake = fake_blender(tmp_path / "lazy-blender", "sys.exit(0)")
+    line = error_line(tool("render_class_view", "-m", chair_obj, "-b", fake, "-o", tmp_path / "x.png"))
+    assert "wrote no PNG" in line
+    assert leftovers(tmp_path, {"lazy-blender"}) == []
+
+
+def test_blender_command_numbers():
+    """Negative and tiny numbers reach Blender's argparse as values, not options."""
+    from pathlib import Path
+
+    from tf3dgan.blender_scene import parse_args, parse_color, spherical
+    from tf3dgan.render import View, blender_command
+
+    cmd = blender_command("blender", Path("/m.obj"), "obj", [(View(-30, -1e-5, -400, 2), Path("/o.png"))],
+                          engine="cycles", samples=4, resolution=32, color=parse_color("#8fb8de"))
+    args = parse_args(cmd[cmd.index("--") + 1:])
+    assert [float(x) for x in args.view[0][:4]] == pytest.approx([-30, -1e-5, -400, 2], abs=1e-8)
+    assert parse_color("#fff") == (1.0, 1.0, 1.0)
+    assert parse_color("0.5, 0.25,1") == (0.5, 0.25, 1.0)
+    x, y, z = spherical(90, 0, 2)                    # azimuth 90 is on +x, 0 on -y
+    assert (x, y, z) == pytest.approx((2, 0, 0), abs=1e-12)
+    assert spherical(0, 30, 2) == pytest.approx((0, -2 * np.cos(np.pi / 6), 1), abs=1e-12)
