@@ -7,7 +7,7 @@ version = {}
 exec((here / "tf3dgan" / "__init__.py").read_text(), version)
 
 TOOLS = ["train", "bench", "download_data", "convert_data", "check_voxelizer", "convert_to_obj", "convert_to_graph",
-         "generate"]
+         "generate", "render_class_view"]
 
 setup(
     name="tf3dgan",

@@ -98,6 +98,7 @@ class GANTrainer:
             "ratio": var(1, tf.int32),           # the seed's "G/D train ratio"
         }
         self.trace_count = 0
+        self._host_pos = 0   # the step within the epoch, tracked on the host (no device read per call)
         self._run = tf.function(self._run_steps, jit_compile=bool(xla))
         self._new_epoch = tf.function(self._shuffle)
         self._sample = tf.function(lambda z: self.G(z, training=False))
@@ -106,11 +107,12 @@ class GANTrainer:
     @property
     def position(self) -> int:
         """Steps already taken in the current epoch."""
-        return int(self._state["pos"].numpy())
+        return self._host_pos
 
     def start_epoch(self) -> None:
         """Draw this epoch's two data orders (in the graph, from the trainer's RNG)."""
         self._new_epoch()
+        self._host_pos = 0
 
     def set_learning_rates(self, g_lr: float, d_lr: float) -> None:
         self.opt_g.learning_rate = g_lr
@@ -121,7 +123,14 @@ class GANTrainer:
         return float(self.opt_g.learning_rate.numpy()), float(self.opt_d.learning_rate.numpy())
 
     def train_steps(self, n: int) -> dict:
-        """Run ``n`` train steps in one compiled call; returns per-step metric tensors (length n)."""
+        """Run ``n`` train steps in one compiled call; returns per-step metric tensors (length n).
+
+        The steps must fit in the current epoch (call ``start_epoch`` first and after every
+        ``steps_per_epoch`` steps): past its end there is no data left in this epoch's order."""
+        if n < 1 or self._host_pos + n > self.steps_per_epoch:
+            raise ValueError(f"{n} steps from step {self._host_pos} run past the epoch's {self.steps_per_epoch} "
+                             "steps; call start_epoch() first")
+        self._host_pos += n
         return self._run(tf.constant(n, dtype=tf.int32))
 
     def generate(self, z: np.ndarray) -> np.ndarray:
@@ -164,6 +173,7 @@ class GANTrainer:
             pending.append((v, value))
         for v, value in pending:
             v.assign(value)
+        self._host_pos = int(self._state["pos"].numpy())
 
     # ------------------------------------------------------------------ graph code
     def _shuffle(self):

@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scatter: the original's points of the surface voxels; shaded: a rendered voxel surface")
     p.add_argument("--grid", default=None, metavar="RxC",
                    help="a sheet of the first R*C grids of each file (e.g. 4x4) instead of one grid")
+    p.add_argument("--tile", type=float, default=3.0, help="size of one panel of a --grid sheet, in inches (100 dpi)")
     p.add_argument("--index", type=int, default=None, help="which grid of a batch .npy to draw [default: 0]")
     p.add_argument("--threshold", type=float, default=0.3, help="a voxel is solid above this value")
     p.add_argument("--view", nargs=2, type=float, default=list(DEFAULT_VIEW), metavar=("AZ", "EL"),
@@ -65,7 +66,7 @@ def draw(args, src: Path, target: Path, sheet) -> None:
         rows, cols = sheet
         count = min(rows * cols, len(grids))
         titles = [str(i) for i in range(count)] if len(grids) > 1 else [src.stem]
-        save_voxel_sheet(target, grids[:count], titles, rows, cols, title=src.name, **style)
+        save_voxel_sheet(target, grids[:count], titles, rows, cols, title=src.name, tile=args.tile, **style)
         return
     i = 0 if args.index is None else args.index
     if not -len(grids) <= i < len(grids):
@@ -76,6 +77,8 @@ def draw(args, src: Path, target: Path, sheet) -> None:
 
 def run(args: argparse.Namespace) -> None:
     sheet = parse_grid(args.grid)
+    if not 0.5 <= args.tile <= 20:
+        raise Tf3dganError(f"--tile must be between 0.5 and 20 inches, not {args.tile:g}")
     if sheet is not None and args.index is not None:
         raise Tf3dganError("--grid and --index do not go together (a sheet starts at the first grid)")
     start = time.perf_counter()
