@@ -22,6 +22,7 @@ from tqdm import tqdm
 from . import plots, runs
 from .atomic import atomic_path
 from .errors import CheckpointError, Tf3dganError
+from .summaries import SummaryWriter
 
 HISTORY_KEYS = ("d_loss", "g_loss", "val_loss", "d_trained", "ratio", "d_accuracy", "loss_scale", "epoch")
 
@@ -133,21 +134,29 @@ class _Run:
 
     def __init__(self, cfg: TrainConfig):
         import keras
-        import tensorflow as tf
 
         from . import data as data_lib
         from .models import build_models, make_spec
-        from .training import GANTrainer, default_precision, tune_for_device
 
-        if keras.backend.backend() != "tensorflow":
-            raise Tf3dganError(f"the trainer runs on Keras' TensorFlow backend, but KERAS_BACKEND is "
-                               f"{keras.backend.backend()!r}; unset it or set KERAS_BACKEND=tensorflow")
-        self.cfg, self.tf = cfg, tf
+        backend = keras.backend.backend()
+        if backend == "tensorflow":
+            from .training import GANTrainer as Trainer, default_precision, tune_for_device
+        elif backend == "jax":
+            from .jax_training import JaxGANTrainer as Trainer, default_precision, tune_for_device
+        else:
+            raise Tf3dganError(f"the trainer runs on Keras' TensorFlow or JAX backend, but KERAS_BACKEND is "
+                               f"{backend!r}; set KERAS_BACKEND=tensorflow (default) or jax")
+        self.cfg, self.backend = cfg, backend
         if cfg.load_epoch is not None:
             cfg.load = True
         self.dir = runs.run_path(cfg.out, cfg.name)
         tune_for_device()
         if cfg.deterministic:
+            if backend != "tensorflow":
+                raise Tf3dganError("--deterministic is a TensorFlow setting; under JAX use XLA_FLAGS="
+                                   "--xla_gpu_deterministic_ops=true on GPU (CPU runs are deterministic)")
+            import tensorflow as tf
+
             tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(cfg.seed)
 
@@ -173,7 +182,7 @@ class _Run:
 
         self.G, self.D = build_models(**model_cfg, dtype_policy=self.precision)
         g_lr, d_lr = lr_at(self.schedule, 0)
-        self.trainer = GANTrainer(
+        self.trainer = Trainer(
             self.G, self.D, self.data.packed, self.data.dim, batch_size=batch, loss=cfg.loss,
             d_rule=cfg.d_rule, g_lr=g_lr, d_lr=d_lr, precision=self.precision, seed=cfg.seed,
             validation_packed=None if self.val is None else self.val.packed, xla=cfg.xla)
@@ -184,7 +193,7 @@ class _Run:
         if checkpoint is not None:
             self._restore(checkpoint)
         self._write_config()
-        self.writer = tf.summary.create_file_writer(str(self.dir / "logs"))
+        self.writer = SummaryWriter(self.dir / "logs")
 
     # -------------------------------------------------------------- setup helpers
     def _find_checkpoint(self) -> Path | None:
@@ -266,7 +275,7 @@ class _Run:
             if len(results) > 1 and time.perf_counter() - last_refresh > 0.5:
                 last_refresh = time.perf_counter()   # show the previous call's numbers: no wait on this one
                 bar.set_postfix_str(_postfix(results[-2]))
-        merged = {k: np.concatenate([r[k].numpy() for r in results]) for k in results[0]} if results else {}
+        merged = {k: np.concatenate([np.asarray(r[k]) for r in results]) for k in results[0]} if results else {}
         seconds = time.perf_counter() - start
         bar.close()
         bad = [k for k in ("d_loss", "g_loss") if k in merged and not np.isfinite(merged[k]).all()]
@@ -331,60 +340,44 @@ class _Run:
                 np.save(tmp, h[key])
 
     def _save_graph3d(self, grid: np.ndarray) -> None:
-        tf = self.tf
         threshold = 0.5 if self.spec["output_activation"] == "sigmoid" else 0.3
         title = f"{self.spec['arch']} [Epoch={self.epoch}]"
         plots.save_voxel_graph(self.dir / "3D_graphs" / f"{self.epoch}.png", grid, title, threshold,
                                style=self.cfg.graph_style)
-        image = plots.voxel_graph_image(grid, title, threshold, style="shaded")
+        self.writer.image("sample/graph", plots.voxel_graph_image(grid, title, threshold, style="shaded"), self.epoch)
         points = plots.surface_voxels(grid, threshold).astype(np.float32)
-        with self.writer.as_default(step=self.epoch):
-            tf.summary.image("sample/graph", image[None], step=self.epoch)
-            if len(points):
-                from tensorboard.plugins.mesh import summary_v2 as mesh_summary
-                height = points[:, 1] / max(grid.shape[1] - 1, 1)
-                colors = np.stack([255 * height, 96 + 0 * height, 255 * (1 - height)], -1).astype(np.uint8)
-                mesh_summary.mesh("sample/voxels", vertices=points[None], colors=colors[None], step=self.epoch)
+        height = points[:, 1] / max(grid.shape[1] - 1, 1)
+        colors = np.stack([255 * height, 96 + 0 * height, 255 * (1 - height)], -1).astype(np.uint8)
+        self.writer.points("sample/voxels", points, colors, self.epoch)
 
     def _log_step_scalars(self, results) -> None:
         """Per-step losses, at global step numbers (the history already holds these steps)."""
-        tf = self.tf
         n = len(results.get("d_loss", ()))
-        first_step = len(self.history["d_loss"]) - n
-        with self.writer.as_default():
-            for i in range(n):
-                step = first_step + i + 1
-                tf.summary.scalar("loss/d", results["d_loss"][i], step=step)
-                tf.summary.scalar("loss/g", results["g_loss"][i], step=step)
-                if self.val is not None:
-                    tf.summary.scalar("loss/d_validation", results["val_loss"][i], step=step)
+        series = {"loss/d": results["d_loss"], "loss/g": results["g_loss"]}
+        if self.val is not None:
+            series["loss/d_validation"] = results["val_loss"]
+        self.writer.scalar_series(len(self.history["d_loss"]) - n + 1, series)
 
     def _log_scalars(self, results, val, rate, g_lr, d_lr) -> None:
-        tf = self.tf
         self._log_step_scalars(results)
-        step = len(self.history["d_loss"])
-        with self.writer.as_default():
-            tf.summary.scalar("train/d_trained_fraction", results["d_trained"].mean(), step=step)
-            tf.summary.scalar("train/gd_train_ratio", results["ratio"][-1], step=step)
-            tf.summary.scalar("train/d_accuracy", results["d_accuracy"].mean(), step=step)
-            tf.summary.scalar("lr/g", g_lr, step=step)
-            tf.summary.scalar("lr/d", d_lr, step=step)
-            tf.summary.scalar("train/loss_scale", results["loss_scale"][-1], step=step)
-            tf.summary.scalar("perf/samples_per_s", rate, step=step)
-            tf.summary.scalar("train/epoch", self.epoch, step=step)
+        self.writer.scalars(len(self.history["d_loss"]), {
+            "train/d_trained_fraction": results["d_trained"].mean(), "train/gd_train_ratio": results["ratio"][-1],
+            "train/d_accuracy": results["d_accuracy"].mean(), "lr/g": g_lr, "lr/d": d_lr,
+            "train/loss_scale": results["loss_scale"][-1], "perf/samples_per_s": rate, "train/epoch": self.epoch})
 
     def _save(self, numbered: bool) -> Path:
         arrays = self.trainer.state_arrays()
         arrays.update({f"history/{k}": v for k, v in self.history.items()})
         meta = {"epoch": self.epoch, "step_in_epoch": self.trainer.position, "model": self.spec,
-                "precision": self.precision, "loss": self.trainer.objective.name, "time": time.time()}
+                "precision": self.precision, "loss": self.trainer.objective.name, "backend": self.backend,
+                "time": time.time()}
         return runs.save_checkpoint(self.dir, arrays, meta, numbered=numbered, keep=self.cfg.keep)
 
 
 def _postfix(metrics: dict) -> str:
-    d, g = metrics["d_loss"].numpy()[-1], metrics["g_loss"].numpy()[-1]
-    train_d = bool(metrics["d_trained"].numpy()[-1])
-    return f"d_loss={d:.4f} g_loss={g:.4f} TrainD={train_d} G/D={int(metrics['ratio'].numpy()[-1])}"
+    d, g = float(np.asarray(metrics["d_loss"])[-1]), float(np.asarray(metrics["g_loss"])[-1])
+    train_d = bool(np.asarray(metrics["d_trained"])[-1])
+    return f"d_loss={d:.4f} g_loss={g:.4f} TrainD={train_d} G/D={int(np.asarray(metrics['ratio'])[-1])}"
 
 
 def fit(cfg: TrainConfig) -> Path:
