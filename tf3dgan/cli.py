@@ -14,12 +14,14 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def import_tensorflow_quietly() -> None:
+def import_tensorflow_quietly(required: bool = True) -> None:
     """Import TensorFlow and initialise its devices with the process's stderr captured.
 
     TensorFlow 2.21 prints absl start-up lines (oneDNN, CUDA stubs, cuInit) that ignore
     ``TF_CPP_MIN_LOG_LEVEL``; they are swallowed here unless the import fails, in which
-    case they are replayed.  Set ``TF3DGAN_VERBOSE=1`` to see them anyway.
+    case they are replayed.  Set ``TF3DGAN_VERBOSE=1`` to see them anyway.  With
+    ``required=False`` (the JAX backend, where TensorFlow only writes TensorBoard logs) a
+    missing TensorFlow is not an error.
     """
     quiet_tensorflow()
     if os.environ.get("TF3DGAN_VERBOSE") or "tensorflow" in sys.modules:
@@ -30,8 +32,14 @@ def import_tensorflow_quietly() -> None:
         os.dup2(captured.fileno(), 2)
         try:
             import keras  # noqa: F401  (Keras picks its backend on import)
-            import tensorflow as tf
-
+            try:
+                import tensorflow as tf
+            except ImportError:
+                if required:
+                    raise
+                return
+            if not required:   # TensorFlow only writes logs here: keep it off the GPUs that JAX trains on
+                tf.config.set_visible_devices([], "GPU")
             tf.config.list_physical_devices()
         except BaseException:
             os.dup2(saved, 2)
@@ -43,12 +51,17 @@ def import_tensorflow_quietly() -> None:
             os.close(saved)
 
 
+def keras_backend() -> str:
+    """The Keras backend this process will use (``KERAS_BACKEND``, default ``tensorflow``), without importing Keras."""
+    return os.environ.get("KERAS_BACKEND", "tensorflow")
+
+
 def run_tool(action: Callable[[], object], needs_tensorflow: bool = True) -> int:
     """Run a tool's ``action()`` (flags already parsed); a ``Tf3dganError`` becomes
     ``error: <message>`` on stderr and exit status 2."""
     try:
         if needs_tensorflow:
-            import_tensorflow_quietly()
+            import_tensorflow_quietly(required=keras_backend() == "tensorflow")
         action()
     except Tf3dganError as e:
         print(f"error: {e}", file=sys.stderr)
