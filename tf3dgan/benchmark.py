@@ -31,6 +31,7 @@ import time
 from typing import Iterable, Sequence
 
 import keras
+import numpy as np
 
 from .models import Discriminator, build_models, make_spec
 
@@ -38,8 +39,10 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 RESULT_KEYS = ("backend", "arch", "batch", "precision", "xla", "steps_per_call", "width", "resolution", "loss",
                "ms_per_step", "ms_per_step_min", "ms_per_step_max", "samples_per_s", "step_tflop",
                "achieved_tflops", "achieved_gflops", "peak_tflops", "pct_of_peak", "calls_timed", "steps_timed",
-               "warmup_calls", "trace_count", "device", "tf_version", "keras_version", "loadavg_before",
-               "loadavg_after")
+               "warmup_calls", "trace_count", "device", "tf_version", "jax_version", "keras_version",
+               "loadavg_before", "loadavg_after")
+#: ``backend`` values: Keras' backend names, shortened
+BACKENDS = {"tensorflow": "tf", "jax": "jax"}
 
 # ---------------------------------------------------------------------------------------- FLOPs
 
@@ -108,7 +111,14 @@ def step_flops(generator, discriminator, batch: int) -> int:
 # ---------------------------------------------------------------------------------------- device
 
 def device_name() -> str:
-    """The accelerator TensorFlow trains on: the first GPU's name, else the CPU model and core count."""
+    """The accelerator the current Keras backend trains on: the first GPU's name, else the CPU model and cores."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        gpus = [d for d in jax.devices() if d.platform == "gpu"]
+        if gpus:
+            return f"GPU: {gpus[0].device_kind}" + (f" (+{len(gpus) - 1} more)" if len(gpus) > 1 else "")
+        return _cpu_name()
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
@@ -118,6 +128,10 @@ def device_name() -> str:
         except Exception:   # details are best effort
             name = gpus[0].name
         return f"GPU: {name}" + (f" (+{len(gpus) - 1} more)" if len(gpus) > 1 else "")
+    return _cpu_name()
+
+
+def _cpu_name() -> str:
     model, flags = None, None
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -135,6 +149,13 @@ def device_name() -> str:
         extra = ", bf16: " + ("+".join(native) if native else "none native")
     name = model or platform.processor() or platform.machine()
     return f"CPU: {name} ({os.cpu_count()} logical cores{extra})"
+
+
+def _version(module: str) -> str | None:
+    import sys
+
+    m = sys.modules.get(module)
+    return getattr(m, "__version__", None) if m is not None else None
 
 
 def _loadavg() -> float | None:
@@ -159,11 +180,15 @@ def bench(arch: str = "rasgan64", batch: int = 24, precision: str = "float32", x
     metrics so the device has finished.  ``ms_per_step`` is the median call time divided by
     ``steps_per_call``; ``achieved_tflops`` divides the analytic :func:`step_flops` by it.
     """
-    import tensorflow as tf
-
     from . import data, synthetic
-    from .training import GANTrainer, tune_for_device
 
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        from .training import GANTrainer as Trainer, tune_for_device
+    elif backend == "jax":
+        from .jax_training import JaxGANTrainer as Trainer, tune_for_device
+    else:
+        raise ValueError(f"the benchmark runs on Keras' tensorflow or jax backend, not {backend!r}")
     tune_for_device()
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -175,15 +200,14 @@ def bench(arch: str = "rasgan64", batch: int = 24, precision: str = "float32", x
     load_before = _loadavg()
     generator, discriminator = build_models(spec.arch, spec.width, spec.resolution, dtype_policy=precision)
     grids = synthetic.make_shapes("furniture", batch * steps_per_call, spec.resolution, seed)
-    trainer = GANTrainer(generator, discriminator, data.pack(grids), spec.resolution, batch_size=batch,
+    trainer = Trainer(generator, discriminator, data.pack(grids), spec.resolution, batch_size=batch,
                          loss=loss, d_rule="always", precision=precision, seed=seed, xla=bool(xla))
 
     def call() -> float:
-        trainer.start_epoch()      # position 0: the call's steps fit in the epoch
-        trainer.position           # reads a variable: the shuffle has finished before the clock starts
-        t0 = time.perf_counter()
+        trainer.start_epoch()      # position 0: the call's steps fit in the epoch (a tiny argsort, untimed
+        t0 = time.perf_counter()   # except where the device still runs it when the clock starts)
         metrics = trainer.train_steps(steps_per_call)
-        metrics["g_loss"].numpy()
+        np.asarray(metrics["g_loss"])   # waits until the device has finished
         return time.perf_counter() - t0
 
     for _ in range(warmup):
@@ -194,7 +218,7 @@ def bench(arch: str = "rasgan64", batch: int = 24, precision: str = "float32", x
     flop = step_flops(generator, discriminator, batch)
     tflops = flop / 1e12 / (ms / 1000.0)
     result = {
-        "backend": "tf", "arch": spec.arch, "batch": int(batch), "precision": precision, "xla": bool(xla),
+        "backend": BACKENDS[backend], "arch": spec.arch, "batch": int(batch), "precision": precision, "xla": bool(xla),
         "steps_per_call": int(steps_per_call), "width": spec.width, "resolution": spec.resolution, "loss": loss,
         "ms_per_step": round(ms, 3),
         "ms_per_step_min": round(1000.0 * min(times) / steps_per_call, 3),
@@ -207,7 +231,9 @@ def bench(arch: str = "rasgan64", batch: int = 24, precision: str = "float32", x
         "pct_of_peak": None if not peak_tflops else round(100.0 * tflops / peak_tflops, 3),
         "calls_timed": len(times), "steps_timed": len(times) * steps_per_call, "warmup_calls": int(warmup),
         "trace_count": int(trainer.trace_count),
-        "device": device_name(), "tf_version": tf.__version__, "keras_version": keras.__version__,
+        "device": device_name(), "tf_version": _version("tensorflow") if backend == "tensorflow" else None,
+        "jax_version": _version("jax") if backend == "jax" else None,
+        "keras_version": keras.__version__,
         "loadavg_before": load_before, "loadavg_after": _loadavg(),
     }
     del trainer, generator, discriminator
@@ -227,13 +253,15 @@ def bench_grid(batches: Iterable[int], precisions: Iterable[str], xlas: Iterable
 # ---------------------------------------------------------------------------------------- table
 
 TABLE_HEADER = ("config", "ms/step", "samples/s", "GFLOP/s", "% of peak")
-_WIDTHS = (44, 10, 11, 10, 11)
+_WIDTHS = (58, 10, 11, 10, 11)
 
 
 def config_label(r: dict) -> str:
-    """A short label: ``rasgan64 64³ w1 b8 float32 tf.function`` (+ ``spc4`` when several steps per call)."""
-    label = (f"{r['arch']} {r['resolution']}³ w{r['width']:g} b{r['batch']} {r['precision']} "
-             f"{'xla' if r['xla'] else 'tf.function'}")
+    """A short label: ``tf rasgan64 64³ w1 b8 float32 tf.function`` (``xla``; ``jit`` on JAX; + ``spc4`` when
+    several steps per call)."""
+    compiled = "jit" if r.get("backend") == "jax" else ("xla" if r["xla"] else "tf.function")
+    label = (f"{r.get('backend', 'tf')} {r['arch']} {r['resolution']}³ w{r['width']:g} b{r['batch']} "
+             f"{r['precision']} {compiled}")
     return label + (f" spc{r['steps_per_call']}" if r["steps_per_call"] != 1 else "")
 
 

@@ -1,43 +1,56 @@
 #!/usr/bin/env python3
-"""Time the compiled GAN train step (D update + G update) for every batch × precision × XLA combination.
+"""Time the compiled GAN train step (D update + G update) for every backend × batch × precision × XLA ×
+steps-per-call combination.
 
-Example: python tools/bench.py --arch rasgan64 -b 8 24 --precision float32 mixed_bfloat16 --steps 5
+Examples:
+    python tools/bench.py --arch rasgan64 -b 8 24 --precision float32 mixed_bfloat16 --steps 5
+    python tools/bench.py -b 8 --resolution 32 --backend tf jax --precision float32 mixed_bfloat16 --compare
+A backend other than this process's Keras backend runs in a child process (KERAS_BACKEND=<it>).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 
-from tf3dgan.cli import import_tensorflow_quietly, run_tool
+from tf3dgan.cli import import_tensorflow_quietly, keras_backend, run_tool
 
-import_tensorflow_quietly()   # before the imports below load TensorFlow through Keras
+import_tensorflow_quietly(required=keras_backend() == "tensorflow")   # before Keras loads TensorFlow noisily
 
-from tf3dgan.benchmark import PRECISIONS  # noqa: E402
+from tf3dgan.benchmark import BACKENDS, PRECISIONS  # noqa: E402
+from tf3dgan.errors import Tf3dganError  # noqa: E402
 from tf3dgan.losses import OBJECTIVES  # noqa: E402
 from tf3dgan.models import ARCHS, make_spec  # noqa: E402
 
 _XLA = {"off": [False], "on": [True], "both": [False, True]}
+_KERAS_NAME = {short: name for name, short in BACKENDS.items()}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Benchmark the compiled GAN train step (median time of single calls, "
                                             "analytic FLOP/s).", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--backend", nargs="+", default=[BACKENDS.get(keras_backend(), "tf")], choices=list(_KERAS_NAME),
+                   help="Keras backend(s): tf (tf.function step) and/or jax (jax.jit step)")
     p.add_argument("--arch", default="rasgan64", choices=ARCHS, help="network architecture")
     p.add_argument("-b", "--batch", type=int, nargs="+", default=[24], help="batch size(s)")
     p.add_argument("--precision", nargs="+", default=["float32"], choices=PRECISIONS, help="dtype policy(ies)")
     p.add_argument("--xla", nargs="?", const="on", default="off", choices=list(_XLA),
-                   help="compile with XLA: --xla (= on), --xla both, or --no-xla (= off)")
+                   help="TensorFlow: compile with XLA: --xla (= on), --xla both, or --no-xla (= off); "
+                        "JAX always compiles with XLA")
     p.add_argument("--no-xla", dest="xla", action="store_const", const="off", help="plain tf.function (default)")
-    p.add_argument("--steps-per-call", type=int, default=1, help="train steps per compiled call")
+    p.add_argument("--steps-per-call", type=int, nargs="+", default=[1], help="train steps per compiled call")
     p.add_argument("--width", type=float, default=1.0, help="channel-width multiplier")
     p.add_argument("--resolution", type=int, default=None, help="grid size [default: the architecture's native one]")
     p.add_argument("--steps", type=int, default=10, help="timed calls per configuration (the median is reported)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls first (tracing included)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls first (tracing/compilation included)")
     p.add_argument("--loss", default="rasgan", choices=list(OBJECTIVES), help="GAN objective (D always trains)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak TFLOP/s, for the %% of peak column")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data and noise")
     p.add_argument("--json", action="store_true", help="print one JSON object per configuration instead of the table")
+    p.add_argument("--compare", action="store_true",
+                   help="after the table, print every configuration's speed relative to the first one")
     return p
 
 
@@ -46,7 +59,7 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         make_spec(args.arch, args.width, args.resolution)
     except ValueError as e:
         p.error(str(e))
-    for name, values, low in (("--batch", args.batch, 1), ("--steps-per-call", [args.steps_per_call], 1),
+    for name, values, low in (("--batch", args.batch, 1), ("--steps-per-call", args.steps_per_call, 1),
                               ("--steps", [args.steps], 1), ("--warmup", [args.warmup], 0)):
         if any(v < low for v in values):
             p.error(f"{name} must be >= {low}")
@@ -54,27 +67,73 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--peak-tflops must be positive")
 
 
+def _child_args(args: argparse.Namespace, backend: str) -> list[str]:
+    """This command line for one other backend, as JSON lines."""
+    out = ["--backend", backend, "--arch", args.arch, "-b", *map(str, args.batch), "--precision", *args.precision,
+           "--xla", args.xla, "--steps-per-call", *map(str, args.steps_per_call), "--width", repr(args.width),
+           "--steps", str(args.steps), "--warmup", str(args.warmup), "--loss", args.loss, "--seed", str(args.seed),
+           "--json"]
+    if args.resolution is not None:
+        out += ["--resolution", str(args.resolution)]
+    if args.peak_tflops is not None:
+        out += ["--peak-tflops", repr(args.peak_tflops)]
+    return out
+
+
+def _in_child(args: argparse.Namespace, backend: str):
+    env = dict(os.environ, KERAS_BACKEND=_KERAS_NAME[backend])
+    proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), *_child_args(args, backend)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stdout:
+        if line.startswith("{"):
+            yield json.loads(line)
+    err = proc.stderr.read()
+    if proc.wait() != 0:
+        last = [x for x in err.strip().splitlines() if x.strip()][-1:] or ["(no output)"]
+        raise Tf3dganError(f"the {backend} benchmark (KERAS_BACKEND={_KERAS_NAME[backend]}) failed: {last[0]}")
+
+
+def _configs(args: argparse.Namespace):
+    from tf3dgan.benchmark import bench_grid
+
+    here = BACKENDS.get(keras_backend())
+    for backend in dict.fromkeys(args.backend):
+        if backend != here:
+            yield from _in_child(args, backend)
+            continue
+        xlas = _XLA[args.xla] if backend == "tf" else [False]
+        for spc in args.steps_per_call:
+            yield from bench_grid(args.batch, args.precision, xlas, arch=args.arch, steps_per_call=spc,
+                                  width=args.width, resolution=args.resolution, steps=args.steps, warmup=args.warmup,
+                                  loss=args.loss, peak_tflops=args.peak_tflops, seed=args.seed)
+
+
 def run(args: argparse.Namespace) -> list[dict]:
-    from tf3dgan.benchmark import TABLE_HEADER, bench_grid, format_row
+    from tf3dgan.benchmark import TABLE_HEADER, config_label, format_row
 
     results = []
     if not args.json:
         print(format_row(TABLE_HEADER), flush=True)
-    grid = bench_grid(args.batch, args.precision, _XLA[args.xla], arch=args.arch,
-                      steps_per_call=args.steps_per_call, width=args.width, resolution=args.resolution,
-                      steps=args.steps, warmup=args.warmup, loss=args.loss, peak_tflops=args.peak_tflops,
-                      seed=args.seed)
-    for r in grid:
+    for r in _configs(args):
         results.append(r)
         print(json.dumps(r) if args.json else format_row(r), flush=True)
+    out = sys.stderr if args.json else sys.stdout
+    if args.compare and len(results) > 1:
+        base = results[0]
+        print(f"\nrelative to {config_label(base)} ({base['ms_per_step']:.1f} ms/step):", file=out)
+        for r in results[1:]:
+            ratio = base["ms_per_step"] / r["ms_per_step"]
+            print(f"  {config_label(r):58s} {ratio:6.2f}x {'faster' if ratio >= 1 else 'slower'}", file=out)
     r = results[0]
     flops = ", ".join(f"b{b}: {t:.4g}" for b, t in {x["batch"]: x["step_tflop"] for x in results}.items())
-    summary = (f"measured: median of {args.steps} timed call(s) of {args.steps_per_call} train step(s) (D + G update, "
-               f"D always trained, {args.loss} loss) after {args.warmup} untimed warm-up call(s), per configuration; "
-               f"{r['arch']} {r['resolution']}³ width {r['width']:g}; analytic TFLOP/step {flops}; on {r['device']}; "
-               f"TensorFlow {r['tf_version']}, Keras {r['keras_version']}; 1-min load average "
-               f"{r['loadavg_before']} before, {results[-1]['loadavg_after']} after")
-    print(summary, file=sys.stderr if args.json else sys.stdout, flush=True)
+    versions = ", ".join(f"{name} {v}" for name, key in (("TensorFlow", "tf_version"), ("JAX", "jax_version"))
+                         for v in dict.fromkeys(x.get(key) for x in results) if v)
+    summary = (f"measured: median of {args.steps} timed call(s) per configuration (D + G update, D always trained, "
+               f"{args.loss} loss) after {args.warmup} untimed warm-up call(s); {r['arch']} {r['resolution']}³ width "
+               f"{r['width']:g}; analytic TFLOP/step {flops}; on {r['device']}; {versions}, Keras "
+               f"{r['keras_version']}; 1-min load average {r['loadavg_before']} before, "
+               f"{results[-1]['loadavg_after']} after")
+    print(summary, file=out, flush=True)
     return results
 
 
@@ -82,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check(parser, args)
-    return run_tool(lambda: run(args))
+    return run_tool(lambda: run(args), needs_tensorflow=False)
 
 
 if __name__ == "__main__":
