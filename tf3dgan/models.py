@@ -23,6 +23,12 @@ multiplies every channel count except the single output channel; both exist so t
 CPU demos can train small versions.  BatchNorm uses momentum 0.9 and epsilon 1e-5 (the
 TF1/tensorlayer and PyTorch defaults of the seeds).  The logit layer of D and G's output
 activation compute in float32 under a mixed-precision policy.
+
+``synchronized_bn=True`` (TensorFlow backend only) makes every BatchNorm layer compute its
+batch statistics over the global batch of a ``tf.distribute`` strategy (all-reduced across
+replicas) instead of each replica's slice; the layers, weights and their order are the same,
+so checkpoints move freely between synchronized and plain models.  It is a runtime option,
+not part of the ``ArchSpec``.
 """
 from __future__ import annotations
 
@@ -87,10 +93,19 @@ class _VoxelNet(keras.Model):
     get the ``training`` flag, the others are called plainly."""
 
     def __init__(self, arch="rasgan64", width=1.0, resolution=None, output_activation=None,
-                 latent_dim=LATENT_DIM, dtype_policy=None, **kwargs):
+                 latent_dim=LATENT_DIM, dtype_policy=None, synchronized_bn=False, **kwargs):
         super().__init__(**kwargs)
         self.spec = make_spec(arch, width, resolution, output_activation, latent_dim)
+        if synchronized_bn and keras.backend.backend() != "tensorflow":
+            raise ValueError(f"synchronized BatchNorm needs Keras' TensorFlow backend, not {keras.backend.backend()!r}")
+        self.synchronized_bn = bool(synchronized_bn)
         self.blocks = self._make_blocks(self.spec, dtype_policy)
+
+    def _bn(self, **kwargs):
+        """A BatchNorm layer with the seeds' momentum/epsilon (synchronized across replicas if asked)."""
+        if self.synchronized_bn:
+            kwargs["synchronized"] = True
+        return layers.BatchNormalization(**_BN, **kwargs)
 
     def _make_blocks(self, spec: ArchSpec, policy) -> list:
         raise NotImplementedError
@@ -109,7 +124,10 @@ class _VoxelNet(keras.Model):
         return x
 
     def get_config(self):
-        return self.spec.to_dict()
+        config = self.spec.to_dict()
+        if self.synchronized_bn:
+            config["synchronized_bn"] = True
+        return config
 
 
 class Generator(_VoxelNet):
@@ -123,7 +141,7 @@ class Generator(_VoxelNet):
         stages = int(math.log2(s.resolution // (4 if s.arch == "rasgan64" else 2)))
         chans = [_channels(64 * 2**i, s.width) for i in reversed(range(stages))]
         conv = dict(kernel_initializer=_init(), dtype=p)
-        bn = dict(gamma_initializer=_init(mean=1.0), dtype=p, **_BN)
+        bn = dict(gamma_initializer=_init(mean=1.0), dtype=p)
         if s.arch == "rasgan64":
             blocks = [layers.Dense(4 * 4 * 4 * chans[0], **conv), layers.Reshape((4, 4, 4, chans[0]), dtype=p)]
             ups = [layers.Conv3DTranspose(c, 4, strides=2, padding="same", **conv) for c in chans[1:]]
@@ -133,9 +151,9 @@ class Generator(_VoxelNet):
                       layers.Conv3DTranspose(chans[0], 2, strides=1, use_bias=False, **conv)]
             ups = [layers.Conv3DTranspose(c, 2, strides=2, use_bias=False, **conv) for c in chans[1:]]
             last = layers.Conv3DTranspose(1, 2, strides=2, use_bias=False, **conv)
-        blocks += [layers.BatchNormalization(**bn), layers.ReLU(dtype=p)]
+        blocks += [self._bn(**bn), layers.ReLU(dtype=p)]
         for up in ups:
-            blocks += [up, layers.BatchNormalization(**bn), layers.ReLU(dtype=p)]
+            blocks += [up, self._bn(**bn), layers.ReLU(dtype=p)]
         return blocks + [last, layers.Activation(s.output_activation, dtype="float32")]
 
 
@@ -148,21 +166,21 @@ class Discriminator(_VoxelNet):
 
     def _make_blocks(self, s: ArchSpec, p) -> list:
         act = dict(negative_slope=0.2, dtype=p)
-        bn = dict(dtype=p, **_BN)
+        bn = dict(dtype=p)
         blocks = []
         if s.arch == "rasgan64":
             for i in range(int(math.log2(s.resolution // 4))):
                 blocks.append(layers.Conv3D(_channels(64 * 2**i, s.width), 4, strides=2, padding="same",
                                             kernel_initializer=_init(), dtype=p))
                 if i > 0:
-                    blocks.append(layers.BatchNormalization(**bn))
+                    blocks.append(self._bn(**bn))
                 blocks.append(layers.LeakyReLU(**act))
             return blocks + [layers.Flatten(dtype=p), layers.Dense(1, kernel_initializer=_init(), dtype="float32")]
         size, i = s.resolution, 0
         while size > 1:   # k3 s2 valid: 32 -> 15 -> 7 -> 3 -> 1
             blocks += [layers.Conv3D(_channels(64 * 2**i, s.width), 3, strides=2, use_bias=False,
                                      kernel_initializer=_init(), dtype=p),
-                       layers.BatchNormalization(**bn), layers.LeakyReLU(**act)]
+                       self._bn(**bn), layers.LeakyReLU(**act)]
             size, i = (size - 3) // 2 + 1, i + 1
         return blocks + [layers.Conv3D(1, 1, use_bias=False, kernel_initializer=_init(), dtype="float32"),
                          layers.Flatten(dtype="float32")]
@@ -170,15 +188,17 @@ class Discriminator(_VoxelNet):
 
 def build_models(arch: str = "rasgan64", width: float = 1.0, resolution: int | None = None,
                  output_activation: str | None = None, latent_dim: int = LATENT_DIM,
-                 dtype_policy: str | None = None):
+                 dtype_policy: str | None = None, synchronized_bn: bool = False):
     """Return the built ``(generator, discriminator)`` pair for an architecture name.
 
     ``dtype_policy`` is a Keras dtype policy name (``"float32"``, ``"mixed_float16"``,
     ``"mixed_bfloat16"``); ``None`` uses Keras' global policy.  The models are built
     (weights created), so ``count_params()`` and weight loading work at once.
+    ``synchronized_bn`` uses cross-replica BatchNorm statistics (for a ``tf.distribute``
+    strategy: call this inside ``strategy.scope()``); weights are the same either way.
     """
     spec = make_spec(arch, width, resolution, output_activation, latent_dim)
-    kw = dict(spec.to_dict(), dtype_policy=dtype_policy)
+    kw = dict(spec.to_dict(), dtype_policy=dtype_policy, synchronized_bn=synchronized_bn)
     generator, discriminator = Generator(**kw), Discriminator(**kw)
     r = spec.resolution
     generator.build((None, spec.latent_dim))
@@ -186,7 +206,7 @@ def build_models(arch: str = "rasgan64", width: float = 1.0, resolution: int | N
     return generator, discriminator
 
 
-def build_from_config(config: dict, dtype_policy: str | None = None):
+def build_from_config(config: dict, dtype_policy: str | None = None, synchronized_bn: bool = False):
     """Build the pair from a run's ``config.json`` ``model`` section (an ``ArchSpec`` dict)."""
     return build_models(**{k: config[k] for k in ArchSpec.__dataclass_fields__ if k in config},
-                        dtype_policy=dtype_policy)
+                        dtype_policy=dtype_policy, synchronized_bn=synchronized_bn)
