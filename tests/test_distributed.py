@@ -195,3 +195,24 @@ def test_synchronized_bn_keeps_the_weights_and_their_order():
             assert synced_bns and all(layer.synchronized for layer in synced_bns)
             assert not any(layer.synchronized for layer in p.blocks if isinstance(layer, bn))
             s.set_weights(p.get_weights())   # checkpoints interchange
+
+
+def test_train_cli_mirrored_run_resumes_on_one_device(tmp_path):
+    sys.path.insert(0, str(REPO_ROOT / "tests"))
+    from _cli import TINY, error_line, tool
+
+    from tf3dgan import runs
+
+    proc = tool("train", "-n", "m", *TINY, "-e", "2", "--out", tmp_path, "--strategy", "mirrored",
+                "--cpu-devices", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 replicas (MirroredStrategy, synchronized BatchNorm)" in proc.stdout
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["settings"]["strategy"] == "mirrored" and config["replicas"] == 2
+    resumed = tool("train", "-n", "m", *TINY, "-e", "3", "--out", tmp_path, "-l", "--strategy", "one")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    arrays, meta = runs.load_checkpoint(runs.checkpoint_path(tmp_path / "m"))
+    assert meta["epoch"] == 3 and np.isfinite(arrays["history/g_loss"]).all() and len(arrays["history/g_loss"]) == 12
+    odd = tool("train", "-n", "odd", *TINY[:2], "-b", "7", *TINY[4:], "-e", "1", "--out", tmp_path,
+               "--strategy", "mirrored", "--cpu-devices", "2")
+    assert "does not split evenly over the 2 replicas" in error_line(odd)

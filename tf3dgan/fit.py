@@ -55,6 +55,9 @@ class TrainConfig:
     resolution: int | None = None
     output_activation: str | None = None
     xla: bool = False
+    strategy: str = "auto"
+    sync_bn: bool = True
+    cpu_devices: int = 0
     steps_per_call: int = 1
     out: str = "savepoint"
     keep: int = 10
@@ -150,6 +153,12 @@ class _Run:
         if cfg.load_epoch is not None:
             cfg.load = True
         self.dir = runs.run_path(cfg.out, cfg.name)
+        self.strategy, self.worker = self._make_strategy(), 0
+        if self.strategy is not None and cfg.xla:
+            raise Tf3dganError("--xla does not go with a multi-device --strategy (use --strategy one with --xla)")
+        resolver = getattr(self.strategy, "cluster_resolver", None)
+        if resolver is not None:   # MultiWorkerMirroredStrategy
+            self.worker = int(resolver.task_id or 0)
         tune_for_device()
         if cfg.deterministic:
             if backend != "tensorflow":
@@ -176,26 +185,52 @@ class _Run:
             print(f"warning: batch size {batch} is larger than the {len(self.data)} training grids in "
                   f"{self.data.source}; using batch size {len(self.data)}")
             batch = len(self.data)
-        self.batch = batch
+        replicas = 1 if self.strategy is None else int(self.strategy.num_replicas_in_sync)
+        if batch % replicas:
+            raise Tf3dganError(f"batch size {batch} does not split evenly over the {replicas} replicas of "
+                               f"--strategy {cfg.strategy}; use a multiple of {replicas}")
+        self.batch, self.replicas = batch, replicas
         self.precision = cfg.precision or default_precision()
         self.schedule = parse_lr_schedule(cfg.lr_schedule, cfg.glr, cfg.dlr)
 
-        self.G, self.D = build_models(**model_cfg, dtype_policy=self.precision)
         g_lr, d_lr = lr_at(self.schedule, 0)
-        self.trainer = Trainer(
-            self.G, self.D, self.data.packed, self.data.dim, batch_size=batch, loss=cfg.loss,
-            d_rule=cfg.d_rule, g_lr=g_lr, d_lr=d_lr, precision=self.precision, seed=cfg.seed,
-            validation_packed=None if self.val is None else self.val.packed, xla=cfg.xla)
+        kwargs = dict(batch_size=batch, loss=cfg.loss, d_rule=cfg.d_rule, g_lr=g_lr, d_lr=d_lr,
+                      precision=self.precision, seed=cfg.seed, xla=cfg.xla,
+                      validation_packed=None if self.val is None else self.val.packed)
+        if self.strategy is None:
+            self.G, self.D = build_models(**model_cfg, dtype_policy=self.precision)
+        else:
+            with self.strategy.scope():
+                self.G, self.D = build_models(**model_cfg, dtype_policy=self.precision, synchronized_bn=cfg.sync_bn)
+            kwargs["strategy"] = self.strategy
+        self.trainer = Trainer(self.G, self.D, self.data.packed, self.data.dim, **kwargs)
         self.sample_z = np.random.default_rng(cfg.seed).standard_normal(
             (1, model_cfg["latent_dim"])).astype(np.float32)   # the same latent vector for every sample
         self.history = {k: np.zeros(0, np.float32) for k in HISTORY_KEYS}
         self.epoch = 0
         if checkpoint is not None:
             self._restore(checkpoint)
+        if self.worker != 0:   # multi-worker: only the chief (worker 0) writes the run folder
+            import tempfile
+
+            self.dir = Path(tempfile.mkdtemp(prefix=f"tf3dgan-worker{self.worker}-")) / cfg.name
         self._write_config()
         self.writer = SummaryWriter(self.dir / "logs")
 
     # -------------------------------------------------------------- setup helpers
+    def _make_strategy(self):
+        cfg = self.cfg
+        if self.backend != "tensorflow":
+            if cfg.strategy not in ("auto", "one") or cfg.cpu_devices:
+                raise Tf3dganError(f"--strategy {cfg.strategy} and --cpu-devices are TensorFlow settings; under "
+                                   "KERAS_BACKEND=jax training uses one device")
+            return None
+        from .training import make_strategy, split_cpu
+
+        if cfg.cpu_devices:
+            split_cpu(cfg.cpu_devices)
+        return make_strategy(cfg.strategy)
+
     def _find_checkpoint(self) -> Path | None:
         cfg = self.cfg
         existing = runs.saved_epochs(self.dir) or runs.checkpoint_path(self.dir).exists()
@@ -229,7 +264,8 @@ class _Run:
                   "data": {"source": self.data.source, "count": len(self.data), "dim": self.data.dim},
                   "validation": None if self.val is None else {"source": self.val.source, "count": len(self.val)},
                   "steps_per_epoch": self.trainer.steps_per_epoch, "lr_schedule": self.schedule,
-                  "loss": self.trainer.objective.name, "d_rule": self.trainer.d_rule}
+                  "loss": self.trainer.objective.name, "d_rule": self.trainer.d_rule, "backend": self.backend,
+                  "replicas": self.replicas}
         runs.write_config(self.dir, config)
 
     # -------------------------------------------------------------- the loop
@@ -238,7 +274,9 @@ class _Run:
         steps = trainer.steps_per_epoch
         print(f"training {self.dir}: {len(self.data)} grids of {self.data.dim}³ from {self.data.source}, "
               f"{cfg.arch if not cfg.load else self.spec['arch']} width {self.spec['width']}, batch {self.batch}, "
-              f"{steps} steps/epoch, {self.precision}, loss {trainer.objective.name}, D rule {trainer.d_rule}")
+              f"{steps} steps/epoch, {self.precision}, loss {trainer.objective.name}, D rule {trainer.d_rule}"
+              + (f", {self.replicas} replicas ({type(self.strategy).__name__}"
+                 f"{', synchronized BatchNorm' if self.cfg.sync_bn else ''})" if self.strategy is not None else ""))
         with _StopRequest() as stop:
             while self.epoch < cfg.epochs:
                 results, seconds = self._train_epoch(stop)

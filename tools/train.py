@@ -52,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-activation", default=None, choices=["linear", "sigmoid"],
                    help="generator output [default: linear for rasgan64 (as the seed), sigmoid for 3dgan32]")
     p.add_argument("--xla", action="store_true", help="compile the train step with XLA (jit_compile)")
+    p.add_argument("--strategy", default=D.strategy, choices=["auto", "one", "mirrored", "multiworker"],
+                   help="TensorFlow multi-device training: auto = mirrored over all GPUs when there are several; "
+                        "one; mirrored; multiworker (from TF_CONFIG). The -b batch is global")
+    p.add_argument("--no-sync-bn", dest="sync_bn", action="store_false",
+                   help="plain (per-replica) BatchNorm under a multi-device strategy [default: synchronized]")
+    p.add_argument("--cpu-devices", type=int, default=D.cpu_devices,
+                   help="split the CPU into N logical devices (to try --strategy mirrored without GPUs)")
     p.add_argument("--steps-per-call", type=int, default=D.steps_per_call, help="train steps per host call")
     p.add_argument("--out", default=D.out, help="folder holding the run folders")
     p.add_argument("--keep", type=int, default=D.keep, help="numbered checkpoints to keep (0 = all)")
