@@ -201,7 +201,7 @@ def bench(arch: str = "rasgan64", batch: int = 24, precision: str = "float32", x
     generator, discriminator = build_models(spec.arch, spec.width, spec.resolution, dtype_policy=precision)
     grids = synthetic.make_shapes("furniture", batch * steps_per_call, spec.resolution, seed)
     trainer = Trainer(generator, discriminator, data.pack(grids), spec.resolution, batch_size=batch,
-                         loss=loss, d_rule="always", precision=precision, seed=seed, xla=bool(xla))
+                      loss=loss, d_rule="always", precision=precision, seed=seed, xla=bool(xla))
 
     def call() -> float:
         trainer.start_epoch()      # position 0: the call's steps fit in the epoch (a tiny argsort, untimed

@@ -42,6 +42,21 @@ def run_path(out: str | os.PathLike, name: str) -> Path:
     return Path(out) / name
 
 
+def sample_files(out: str | os.PathLike, name: str, doing: str = "convert") -> tuple[Path, list[Path]]:
+    """A run folder and its ``<epoch>.npy`` samples in epoch order (other ``.npy`` names after them), for the
+    tools' ``-n NAME``; a missing folder or no samples is a DataError naming the folder."""
+    from .errors import DataError
+
+    folder = run_path(out, name)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such run folder")
+    files = sorted(folder.glob("*.npy"),
+                   key=lambda p: (0, int(p.stem), "") if re.fullmatch(r"\d+", p.stem) else (1, 0, p.stem))
+    if not files:
+        raise DataError(f"{folder}: no .npy samples to {doing}")
+    return folder, files
+
+
 def write_config(run_dir: Path, config: dict) -> Path:
     return write_text(Path(run_dir) / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from tf3dgan.cli import run_tool
+from tf3dgan.runs import sample_files
 from tf3dgan.errors import DataError, Tf3dganError
 from tf3dgan.mesh import load_grids
 from tf3dgan.plots import COLORMAPS, DEFAULT_VIEW, STYLES, save_voxel_graph, save_voxel_sheet
@@ -54,10 +55,6 @@ def parse_grid(text: str | None) -> tuple[int, int] | None:
     return int(m[1]), int(m[2])
 
 
-def _order(path: Path):
-    return (0, int(path.stem), "") if re.fullmatch(r"\d+", path.stem) else (1, 0, path.stem)
-
-
 def draw(args, src: Path, target: Path, sheet) -> None:
     grids = load_grids(src)
     style = dict(threshold=args.threshold, colormap=COLORMAPS[args.colormap], up_axis=args.up_axis,
@@ -85,12 +82,7 @@ def run(args: argparse.Namespace) -> None:
     if args.name is not None:
         if args.output:
             raise Tf3dganError("-o/--output goes with -f/--file, not -n/--name")
-        folder = Path(args.out) / args.name
-        if not folder.is_dir():
-            raise DataError(f"{folder}: no such run folder")
-        files = sorted(folder.glob("*.npy"), key=_order)
-        if not files:
-            raise DataError(f"{folder}: no .npy samples to draw")
+        folder, files = sample_files(args.out, args.name, "draw")
         graphs = folder / "3D_graphs"
         drawn = skipped = 0
         for f in files:

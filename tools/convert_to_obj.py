@@ -8,12 +8,12 @@ Meshes are z-up (x, y, z) = (axis0, axis2, axis1) * scale; see tf3dgan/mesh.py.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
 
 from tf3dgan.cli import run_tool
+from tf3dgan.runs import sample_files
 from tf3dgan.errors import DataError, Tf3dganError
 from tf3dgan.mesh import DEFAULT_SCALE, DEFAULT_THRESHOLD, FORMATS, MESH_KINDS, export_mesh, grid_to_mesh, load_grids
 
@@ -41,22 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _order(path: Path):
-    return (0, int(path.stem), "") if re.fullmatch(r"\d+", path.stem) else (1, 0, path.stem)
-
-
 def _mesh(args, grid, name):
     return grid_to_mesh(grid, threshold=args.threshold, mesh=args.mesh, scale=args.scale, smooth=args.smooth,
                         name=name)
 
 
 def convert_run(args, fmt: str) -> None:
-    folder = Path(args.out) / args.name
-    if not folder.is_dir():
-        raise DataError(f"{folder}: no such run folder")
-    files = sorted(folder.glob("*.npy"), key=_order)
-    if not files:
-        raise DataError(f"{folder}: no .npy samples to convert")
+    folder, files = sample_files(args.out, args.name, "convert")
     models = folder / "models"
     wrote = skipped = empty = 0
     for f in files:
