@@ -1,0 +1,303 @@
+"""JAX-backend half of tests/test_jax_training.py, run as ``KERAS_BACKEND=jax python tests/_jax_worker.py``.
+
+Usage: ``_jax_worker.py OUT_DIR IN_DIR CACHE_DIR SCENARIO...``.  Each scenario writes ``OUT_DIR/<name>.npz``
+(its arrays) or, if it raises, ``OUT_DIR/<name>.error`` (the traceback); the test process
+asserts on them.  ``IN_DIR`` holds what the TensorFlow side prepared (``tf_run/`` with a
+checkpoint, ``latents.npz``); ``CACHE_DIR`` is JAX's persistent compilation cache (the
+trainers of one configuration share their programs; the test keeps it between runs).
+
+TensorFlow is made unimportable here (as on the GPU machines this backend is for): any
+``import tensorflow`` raises ImportError.  Every worker writes ``OUT_DIR/worker-<first
+scenario>.txt`` to say it ran that way.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if __name__ == "__main__":
+    sys.modules["tensorflow"] = None   # "import tensorflow" now raises ImportError
+
+import jax  # noqa: E402
+import keras  # noqa: E402
+
+from tf3dgan import runs  # noqa: E402
+from tf3dgan.data import pack  # noqa: E402
+from tf3dgan.errors import CheckpointError  # noqa: E402
+from tf3dgan.jax_training import JaxGANTrainer, cpu_friendly_convolutions  # noqa: E402
+from tf3dgan.models import build_models  # noqa: E402
+from tf3dgan.synthetic import make_shapes  # noqa: E402
+
+# the configuration of tests/test_training.py's tiny_trainer: rasgan64 at 8³, width 1/8, 32 boxes
+DATA = {8: pack(make_shapes("boxes", 32, 8, seed=1)), 16: pack(make_shapes("boxes", 32, 16, seed=1))}
+
+
+def tiny(loss="rasgan", d_rule=None, precision="float32", seed=3, res=8, **kw):
+    keras.utils.set_random_seed(seed)   # the same initial weights for the same seed
+    g, d = build_models("rasgan64", width=0.125, resolution=res, output_activation="sigmoid", dtype_policy=precision)
+    return JaxGANTrainer(g, d, DATA[res], res, batch_size=8, loss=loss, d_rule=d_rule, seed=seed, precision=precision,
+                         **kw)
+
+
+def trainable_keys(trainer, prefix):
+    """Checkpoint keys (``g/NNN`` / ``d/NNN``) of the model's trainable weights."""
+    model = trainer.G if prefix == "g" else trainer.D
+    ids = {id(v) for v in model.trainable_variables}
+    return [f"{prefix}/{i:03d}" for i, w in enumerate(model.weights) if id(w) in ids]
+
+
+def same(a: dict, b: dict, keys) -> bool:
+    return all(np.array_equal(a[k], b[k]) for k in keys)
+
+
+def steps(trainer, n, per_call=None):
+    """``n`` steps, starting epochs as needed; returns the concatenated metrics as NumPy arrays."""
+    out = []
+    while n > 0:
+        if trainer.position >= trainer.steps_per_epoch:
+            trainer.start_epoch()
+        k = min(per_call or n, n, trainer.steps_per_epoch - trainer.position)
+        out.append(trainer.train_steps(k))
+        n -= k
+    return {key: np.concatenate([np.asarray(m[key]) for m in out]) for key in out[0]}
+
+
+def fixed_latents(trainer, latents):
+    """Replace the trainer's latent draws by constants: the D step gets latents[0], the G step latents[1]."""
+    calls = []
+
+    def latent(key):
+        calls.append(None)
+        return jax.numpy.asarray(latents[(len(calls) - 1) % 2])
+
+    trainer._latent = latent
+
+
+# ---------------------------------------------------------------------------------- scenarios
+def compile_once(inp, out):
+    t = tiny()
+    t.start_epoch()
+    types = []
+    with jax.transfer_guard_device_to_host("disallow"):   # a host read inside train_steps would raise
+        for i in range(6):
+            if t.position + 2 > t.steps_per_epoch:
+                t.start_epoch()
+            t.set_learning_rates(0.001 * (i + 1), 0.0001 * (i + 1))
+            m = t.train_steps(2)
+            types.append(all(isinstance(v, jax.Array) and v.shape == (2,) for v in m.values()))
+    finite = all(np.isfinite(np.asarray(v)).all() for k, v in m.items() if k != "val_loss")
+    errors = []
+    for bad in ({"g/000": np.zeros((3, 3), np.float32)}, {"trainer/rng": np.zeros(2, np.int64)}):
+        try:
+            t.load_state_arrays(dict(t.state_arrays(), **bad), source="bad.npz")
+        except CheckpointError as e:
+            errors.append(str(e))
+    missing = t.state_arrays()
+    del missing["opt_d/003"]
+    try:
+        t.load_state_arrays(missing, source="bad.npz")
+    except CheckpointError as e:
+        errors.append(str(e))
+    try:
+        t.train_steps(t.steps_per_epoch - t.position + 1)
+    except ValueError as e:
+        errors.append(str(e))
+    return {"trace_count": t.trace_count, "device_arrays": all(types), "finite": finite,
+            "learning_rates": np.array(t.learning_rates), "keys": np.array(sorted(m)), "errors": np.array(errors)}
+
+
+def d_rule_skip(inp, out):
+    """D far ahead (big D lr, tiny G lr): the ratio rule stops training D on some steps.  Calls of
+    2 steps (the program compile_once compiled); D must change exactly in calls that trained it."""
+    t = tiny(g_lr=1e-6, d_lr=0.05)
+    d_train, opt_d = trainable_keys(t, "d"), [k for k in t.state_arrays() if k.startswith("opt_d/")]
+    d_same, opt_same, metrics = [], [], []
+    for _ in range(6):
+        if t.position >= t.steps_per_epoch:
+            t.start_epoch()
+        before = t.state_arrays()
+        metrics.append({k: np.asarray(v) for k, v in t.train_steps(2).items()})
+        after = t.state_arrays()
+        d_same.append(same(before, after, d_train))
+        opt_same.append(same(before, after, opt_d))
+    m = {k: np.concatenate([x[k] for x in metrics]) for k in metrics[0]}
+    return dict({f"m_{k}": v for k, v in m.items()}, d_same=np.array(d_same), opt_d_same=np.array(opt_same),
+                trace_count=t.trace_count)
+
+
+def _learning(loss, n=40):
+    t = tiny(loss=loss, g_lr=0.01, d_lr=0.001, seed=0)
+    z = np.random.default_rng(7).standard_normal((64, 200)).astype(np.float32)
+    before = t.generate(z)
+    m = steps(t, n, per_call=2)
+    after = t.generate(z)
+    return dict({f"m_{k}": v for k, v in m.items()}, before=before, after=after, d_rule=t.d_rule,
+                trace_count=t.trace_count)
+
+
+def learn_rasgan(inp, out):
+    return _learning("rasgan")
+
+
+def learn_minimax(inp, out):
+    return _learning("minimax")
+
+
+def wgan_gp(inp, out):
+    return _learning("wgan-gp", n=4)
+
+
+def bfloat16(inp, out):
+    t = tiny(precision="mixed_bfloat16", g_lr=0.01, d_lr=0.001)
+    m = steps(t, 8, per_call=2)
+    x = np.zeros((2, 8, 8, 8, 1), np.float32)
+    logits, _ = t.D.stateless_call(t._state["d_tr"], t._state["d_nt"], x, training=True)
+    sample = t.generate(np.ones((2, 200), np.float32))
+    state = t.state_arrays()
+    return dict({f"m_{k}": v for k, v in m.items()}, logits_dtype=str(logits.dtype), sample=sample,
+                state_finite=all(np.isfinite(v).all() for v in state.values() if v.dtype.kind == "f"),
+                dtypes=np.array(sorted({f"{k.split('/')[0]}:{v.dtype}" for k, v in state.items()})))
+
+
+def float16(inp, out):
+    """Every call is one step (one compiled program)."""
+    t = tiny(precision="mixed_float16", g_lr=0.01, d_lr=0.001)
+    g_train = trainable_keys(t, "g")
+    x = np.zeros((2, 8, 8, 8, 1), np.float32)
+    logits, _ = t.D.stateless_call(t._state["d_tr"], t._state["d_nt"], x, training=True)
+    normal = steps(t, 4, per_call=1)             # finite steps: the scale stays, the counters count
+    s0 = t.state_arrays()
+    # inject an overflow: a loss scale of 2^28 makes the float16 gradients infinite
+    t.load_state_arrays(dict(s0, **{"opt_g_scale/003": np.float32(2.0**28), "opt_d_scale/003": np.float32(2.0**28)}))
+    t.start_epoch()
+    history, g_changed, opt_g_changed = [t.state_arrays()], [], []
+    for _ in range(16):                          # the scale halves on every overflow, then stays
+        if t.position >= t.steps_per_epoch:
+            t.start_epoch()
+        t.train_steps(1)
+        history.append(t.state_arrays())
+        g_changed.append(not same(history[-2], history[-1], g_train))
+        opt_g_changed.append(not same(history[-2], history[-1], [k for k in s0 if k.startswith("opt_g/")]))
+    # growth: after dynamic_growth_steps (2000) finite steps in a row the scale doubles
+    t.load_state_arrays(dict(history[-1], **{"opt_g_scale/002": np.int64(1997)}))
+    grow = []
+    for _ in range(3):
+        if t.position >= t.steps_per_epoch:
+            t.start_epoch()
+        grow.append(np.asarray(t.train_steps(1)["loss_scale"])[0])
+    end = t.state_arrays()
+    return dict({f"normal_{k}": v for k, v in normal.items()}, logits_dtype=str(logits.dtype),
+                counter_after_normal=s0["opt_g_scale/002"], scale_after_normal=s0["opt_g_scale/003"],
+                scales=np.array([h["opt_g_scale/003"] for h in history]),
+                d_scales=np.array([h["opt_d_scale/003"] for h in history]),
+                counters=np.array([h["opt_g_scale/002"] for h in history]),
+                iterations=np.array([h["opt_g/000"] for h in history]),
+                g_changed=np.array(g_changed), opt_g_changed=np.array(opt_g_changed), grow_scale=np.array(grow),
+                counter_end=end["opt_g_scale/002"], scale_end=end["opt_g_scale/003"],
+                scale_dtype=str(end["opt_g_scale/003"].dtype), counter_dtype=str(end["opt_g_scale/002"].dtype),
+                trace_count=t.trace_count)
+
+
+def conv_rewrite(inp, out):
+    """D(G(z)) with the CPU convolution rewrite equals the native convolutions, for both
+    architectures (forward only: the gradients are checked against TensorFlow in cross_backend)."""
+    results = {}
+    for arch in ("rasgan64", "3dgan32"):
+        g, d = build_models(arch, width=0.125, resolution=8)
+        values = lambda vs: [v.value for v in vs]  # noqa: E731
+        z = np.random.default_rng(0).standard_normal((4, 200)).astype(np.float32)
+
+        def f(gt, gn, dt, dn):
+            x, _ = g.stateless_call(gt, gn, z, training=True)
+            y, _ = d.stateless_call(dt, dn, x, training=True)
+            return x, y
+
+        args = [values(g.trainable_variables), values(g.non_trainable_variables),
+                values(d.trainable_variables), values(d.non_trainable_variables)]
+        outs = []
+        for enabled in (False, True):
+            with cpu_friendly_convolutions(enabled):
+                outs.append([np.asarray(a) for a in jax.jit(f)(*args)])
+        results[f"{arch}_err"] = np.array([np.abs(a - b).max() for a, b in zip(*outs)])
+        results[f"{arch}_scale"] = np.array([np.abs(a).max() for a in outs[0]])
+    return results
+
+
+def cross_backend(inp, out):
+    """Load the TensorFlow trainer's checkpoint, check that it round-trips, train 2 steps on the
+    test's fixed latents and save the result for the TensorFlow side."""
+    arrays, meta = runs.load_checkpoint(inp / "tf_run" / "checkpoints" / "latest.npz")
+    lat = np.load(inp / "latents.npz")
+    t = tiny(d_rule="always", seed=11, res=16)
+    fresh = t.state_arrays()
+    t.load_state_arrays(arrays, source="tf checkpoint")
+    loaded = t.state_arrays()
+    layout = {k: (v.shape, str(v.dtype)) for k, v in fresh.items()}
+    tf_layout = {k: (v.shape, str(v.dtype)) for k, v in arrays.items()}
+    mismatch = [k for k in arrays if k not in loaded or not np.array_equal(arrays[k], loaded[k])]
+    gen_a = t.generate(lat["z"])
+    fixed_latents(t, (lat["z1"], lat["z2"]))
+    m = {k: np.asarray(v) for k, v in t.train_steps(2).items()}
+    runs.save_checkpoint(out / "jax_run", t.state_arrays(), dict(meta, epoch=0), numbered=False)
+    return dict({f"m_{k}": v for k, v in m.items()},
+                layout_diff=np.array(sorted(map(str, set(layout.items()) ^ set(tf_layout.items())))),
+                roundtrip_mismatch=np.array(mismatch, dtype=str), gen_a=gen_a, gen_b=t.generate(lat["z"]),
+                position=t.position)
+
+
+def resume(inp, out):
+    a = tiny(seed=5)
+    init = a.state_arrays()                            # b starts from a's weights
+    a.start_epoch()
+    straight = [a.train_steps(2), a.train_steps(2)]
+    straight = {k: np.concatenate([np.asarray(m[k]) for m in straight]) for k in straight[0]}
+    final_a = a.state_arrays()
+    b = tiny(seed=5)
+    b.load_state_arrays(init)
+    b.start_epoch()
+    first = {k: np.asarray(v) for k, v in b.train_steps(2).items()}
+    path = out / "jax_resume.npz"
+    np.savez(path, **b.state_arrays())
+    c = tiny(seed=99)                                  # other weights and key: all must come from the file
+    with np.load(path) as z:
+        c.load_state_arrays({k: z[k] for k in z.files}, source=str(path))
+    second = {k: np.asarray(v) for k, v in c.train_steps(2).items()}
+    final_c = c.state_arrays()
+    mismatched = [k for k in final_a if not np.array_equal(final_a[k], final_c[k])]
+    return dict({f"straight_{k}": v for k, v in straight.items()},
+                **{f"resumed_{k}": np.concatenate([first[k], second[k]]) for k in first},
+                state_mismatch=np.array(mismatched, dtype=str), position=c.position)
+
+
+SCENARIOS = {f.__name__: f for f in (compile_once, d_rule_skip, learn_rasgan, learn_minimax, wgan_gp, bfloat16,
+                                      float16, conv_rewrite, cross_backend, resume)}
+
+
+def main(argv):
+    out, inp, cache = Path(argv[0]), Path(argv[1]), argv[2]
+    assert keras.backend.backend() == "jax", keras.backend.backend()
+    # identical programs of different trainers (same configuration) compile once
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    for name in argv[3:]:
+        t0 = time.perf_counter()
+        try:
+            result = SCENARIOS[name](inp, out)
+            np.savez(out / f"{name}.npz", **{k: np.asarray(v) for k, v in result.items()})
+        except Exception:   # reported by the test that reads this scenario
+            (out / f"{name}.error").write_text(traceback.format_exc())
+        print(f"{name}: {time.perf_counter() - t0:.1f}s", flush=True)
+    blocked = "tensorflow" in sys.modules and sys.modules["tensorflow"] is None
+    (out / f"worker-{argv[3]}.txt").write_text(f"tensorflow blocked: {blocked}\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
