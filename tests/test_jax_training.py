@@ -86,27 +86,37 @@ def fix_latents(trainer, z1, z2):
 def start_worker(out, inp, cache, scenarios):
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="", TF_CPP_MIN_LOG_LEVEL="2")
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1").strip()
-    return subprocess.Popen([sys.executable, str(WORKER), str(out), str(inp), str(cache), *scenarios], cwd=REPO,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = open(out / f"log-{scenarios[0]}.txt", "w")
+    with log:
+        return subprocess.Popen([sys.executable, str(WORKER), str(out), str(inp), str(cache), *scenarios], cwd=REPO,
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 @pytest.fixture(scope="module")
 def side(tmp_path_factory, request):
     inp, out = tmp_path_factory.mktemp("tf_side"), tmp_path_factory.mktemp("jax_side")
-    cache = request.config.cache.mkdir("jax_compilation_cache")   # compiled programs, kept between runs
+    cache = (request.config.cache.mkdir("jax_compilation_cache")   # compiled programs, kept between runs
+             if getattr(request.config, "cache", None) is not None else tmp_path_factory.mktemp("xla_cache"))
     procs = [start_worker(out, inp, cache, WORKERS[0])]
-    trainer = tf_tiny(d_rule="always")
-    trainer.start_epoch()
-    trainer.train_steps(2)
-    state = trainer.state_arrays()
-    runs.save_checkpoint(inp / "tf_run", state, {"epoch": 0, "step_in_epoch": 2}, numbered=False)
-    rng = np.random.default_rng(0)
-    latents = {k: rng.standard_normal((n, 200)).astype(np.float32) for k, n in (("z", 3), ("z1", 8), ("z2", 8))}
-    np.savez(inp / "latents.npz", **latents)
-    procs.append(start_worker(out, inp, cache, WORKERS[1]))
-    logs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-4000:]
+    try:
+        trainer = tf_tiny(d_rule="always")
+        trainer.start_epoch()
+        trainer.train_steps(2)
+        state = trainer.state_arrays()
+        runs.save_checkpoint(inp / "tf_run", state, {"epoch": 0, "step_in_epoch": 2}, numbered=False)
+        rng = np.random.default_rng(0)
+        latents = {k: rng.standard_normal((n, 200)).astype(np.float32) for k, n in (("z", 3), ("z1", 8), ("z2", 8))}
+        np.savez(inp / "latents.npz", **latents)
+        procs.append(start_worker(out, inp, cache, WORKERS[1]))
+        for p in procs:
+            p.wait(timeout=600)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, group in zip(procs, WORKERS):
+        assert p.returncode == 0, (out / f"log-{group[0]}.txt").read_text()[-4000:]
     return SimpleNamespace(inp=inp, out=out, state=state, latents=latents)
 
 
