@@ -207,3 +207,21 @@ def test_ab_summary_medians_and_ratios():
                                                                                                      abs=1e-3)
     text = ab.format_summary(s, 2, "header")
     assert "ratio torch / ours" in text and "2.86" in text and "2.00" in text
+
+
+def test_ab_from_json_resummarizes_saved_runs(tmp_path, capsys):
+    ab = _load("ab")
+
+    def run(rnd, side, ms):
+        r = dict(backend="torch" if side == "torch" else "tf", arch="rasgan64", resolution=32, width=1.0, batch=8,
+                 ms_per_step=ms, ms_per_step_min=ms - 1, step_tflop=0.1, device="CPU: test", tf_version="x",
+                 keras_version="y", torch_version="z", threads=2, **({"mode": "eager"} if side == "torch" else {}))
+        return {"round": rnd, "side": side, "precision": "float32", "results": [r], "error": None,
+                "loadavg_before": [1.0, 1.0, 1.0], "loadavg_after": [2.0, 2.0, 2.0]}
+
+    path = tmp_path / "ab.jsonl"
+    lines = [run(0, "tf", 100.0), run(0, "torch", 160.0), run(1, "torch", 150.0), run(1, "tf", 100.0)]
+    path.write_text("\n".join(json.dumps(x) for x in lines) + '\n{"summary": true}\n')
+    assert ab.main(["--from-json", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "rasgan64 32³" in text and "torch eager float32 / ours tf float32: 1.55" in text
