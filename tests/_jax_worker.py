@@ -8,11 +8,13 @@ trainers of one configuration share their programs; the test keeps it between ru
 
 TensorFlow is made unimportable here (as on the GPU machines this backend is for): any
 ``import tensorflow`` raises ImportError.  Every worker writes ``OUT_DIR/worker-<first
-scenario>.txt`` to say it ran that way.
+scenario>.txt`` to say it ran that way.  JAX's CPU is split into 2 devices (``data_parallel`` uses
+both; every other trainer runs on the first).
 """
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 import traceback
@@ -31,7 +33,7 @@ import keras  # noqa: E402
 from tf3dgan import runs  # noqa: E402
 from tf3dgan.data import pack  # noqa: E402
 from tf3dgan.errors import CheckpointError  # noqa: E402
-from tf3dgan.jax_training import JaxGANTrainer, cpu_friendly_convolutions  # noqa: E402
+from tf3dgan.jax_training import JaxGANTrainer, cpu_friendly_convolutions, make_distribution  # noqa: E402
 from tf3dgan.models import build_models  # noqa: E402
 from tf3dgan.synthetic import make_shapes  # noqa: E402
 
@@ -276,13 +278,40 @@ def resume(inp, out):
                 state_mismatch=np.array(mismatched, dtype=str), position=c.position)
 
 
+def data_parallel(inp, out):
+    """The same run on one device and with keras.distribution.DataParallel over the worker's 2 CPU
+    devices (6 steps, calls of 2 and the ratio rule); then the data-parallel state resumes on one
+    device.  Also reports what the compiled program does: per-device batch, all-reduces."""
+    one = tiny(seed=4)
+    m_one = steps(one, 6, per_call=2)
+    dp = tiny(seed=4, distribution=make_distribution("mirrored"))
+    m_dp = steps(dp, 4, per_call=2)
+    mid = dp.state_arrays()
+    m_last = steps(dp, 2, per_call=2)
+    m_dp = {k: np.concatenate([v, m_last[k]]) for k, v in m_dp.items()}
+    hlo = dp._runs[2].lower(dp._state, dp._data, dp._val).compile().as_text()
+    resumed = tiny(seed=99)                    # one device, every value from the data-parallel state
+    resumed.load_state_arrays(mid)
+    m_resumed = steps(resumed, 2, per_call=2)
+    s_one, s_dp = one.state_arrays(), dp.state_arrays()
+    batch_shapes = sorted(set(re.findall(r"f32\[(\d+),8,8,8,1\]", hlo)))
+    return dict({f"one_{k}": v for k, v in m_one.items()}, **{f"dp_{k}": v for k, v in m_dp.items()},
+                **{f"resumed_{k}": v for k, v in m_resumed.items()},
+                **{f"state_one/{k}": v for k, v in s_one.items()}, **{f"state_dp/{k}": v for k, v in s_dp.items()},
+                devices=np.array([str(d) for d in jax.devices()]), replicas=dp.replicas,
+                state_replicated=all(x.sharding.is_fully_replicated and len(x.sharding.device_set) == 2
+                                     for x in jax.tree_util.tree_leaves(dp._state)), batch_shapes=np.array(batch_shapes, str),
+                all_reduces=hlo.count("all-reduce("), one_device_replicas=one.replicas)
+
+
 SCENARIOS = {f.__name__: f for f in (compile_once, d_rule_skip, learn_rasgan, learn_minimax, wgan_gp, bfloat16,
-                                      float16, conv_rewrite, cross_backend, resume)}
+                                      float16, conv_rewrite, cross_backend, resume, data_parallel)}
 
 
 def main(argv):
     out, inp, cache = Path(argv[0]), Path(argv[1]), argv[2]
     assert keras.backend.backend() == "jax", keras.backend.backend()
+    jax.config.update("jax_num_cpu_devices", 2)   # for data_parallel; one-device trainers use the first
     # identical programs of different trainers (same configuration) compile once
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)

@@ -11,6 +11,7 @@ the second worker (which loads it); each test checks one worker scenario's resul
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -31,7 +32,7 @@ WORKER = REPO / "tests" / "_jax_worker.py"
 GRIDS = make_shapes("boxes", 32, 8, seed=1)          # the workers' dataset (tests/test_training.py's)
 DATA = {8: pack(GRIDS), 16: pack(make_shapes("boxes", 32, 16, seed=1))}
 WORKERS = (("compile_once", "learn_rasgan", "resume", "d_rule_skip", "conv_rewrite", "bfloat16", "wgan_gp"),
-           ("cross_backend", "learn_minimax", "float16"))   # the second needs the TF checkpoint
+           ("cross_backend", "learn_minimax", "float16", "data_parallel"))   # the second needs the TF checkpoint
 
 
 def tf_tiny(res=16, **kw):
@@ -308,3 +309,63 @@ def test_resume_within_jax_is_exact(side):
         np.testing.assert_array_equal(r[f"resumed_{key}"], r[f"straight_{key}"], err_msg=key)   # 2 + load + 2
     assert r["state_mismatch"].size == 0, r["state_mismatch"]
     assert r["position"] == 4
+
+
+def test_data_parallel_on_two_devices_equals_one_device(side):
+    r = result(side, "data_parallel")
+    assert len(r["devices"]) == 2 and r["replicas"] == 2 and r["one_device_replicas"] == 1
+    # the compiled program splits each batch of 8 over the 2 devices and all-reduces (gradients,
+    # BatchNorm moments, the relativistic averages); the state stays replicated
+    assert r["batch_shapes"].tolist() == ["4"], r["batch_shapes"]
+    assert r["all_reduces"] > 0 and r["state_replicated"]
+    for key in ("d_loss", "g_loss", "d_accuracy"):
+        np.testing.assert_allclose(r[f"dp_{key}"], r[f"one_{key}"], rtol=1e-4, atol=1e-6, err_msg=key)
+    for key in ("d_trained", "ratio"):
+        np.testing.assert_array_equal(r[f"dp_{key}"], r[f"one_{key}"], err_msg=key)
+    one = {k[len("state_one/"):]: v for k, v in r.items() if k.startswith("state_one/")}
+    dp = {k[len("state_dp/"):]: v for k, v in r.items() if k.startswith("state_dp/")}
+    assert {k: (v.shape, v.dtype) for k, v in one.items()} == {k: (v.shape, v.dtype) for k, v in dp.items()}
+    d_bias = sorted(k for k in one if k.startswith("d/"))[-1]   # zero gradient up to rounding (see test_distributed)
+    for key, a in one.items():
+        if key.startswith("trainer/"):
+            np.testing.assert_array_equal(dp[key], a, err_msg=key)      # permutations, rule state, RNG key
+        elif key.split("/")[0] in ("g", "d") and key != d_bias:        # (Adam's slots follow the weights)
+            scale = float(np.max(np.abs(a))) if a.size else 0.0
+            np.testing.assert_allclose(dp[key], a, rtol=1e-4, atol=1e-4 * scale, err_msg=key)
+    # the data-parallel state after 4 steps, loaded on one device, continues as the data-parallel run did
+    for key in ("d_loss", "g_loss"):
+        np.testing.assert_allclose(r[f"resumed_{key}"], r[f"dp_{key}"][4:], rtol=1e-4, err_msg=key)
+
+
+def test_train_cli_data_parallel_under_jax_resumes_under_tensorflow(tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1").strip()
+    tiny = ["-d", "synthetic:boxes:res=8:n=32", "-b", "8", "--width", "0.125", "--no-progress", "--out", tmp_path]
+
+    def train(backend, *args):
+        cmd = [sys.executable, str(REPO / "tools" / "train.py"), "-n", "dp", *map(str, tiny), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO,
+                              env=dict(env, KERAS_BACKEND=backend))
+
+    first = train("jax", "-e", "1", "--strategy", "mirrored", "--cpu-devices", "2")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "2 replicas (DataParallel, synchronized BatchNorm)" in first.stdout, first.stdout
+    config = json.loads((tmp_path / "dp" / "config.json").read_text())
+    assert config["backend"] == "jax" and config["replicas"] == 2
+    second = train("tensorflow", "-e", "2", "-l", "--strategy", "one")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed" in second.stdout and "from latest.npz (epoch 1)" in second.stdout, second.stdout
+    history = np.load(tmp_path / "dp" / "plots" / "track_d_loss.npy")
+    assert history.shape == (8,) and np.isfinite(history).all()       # 2 epochs of 4 steps, one history
+    assert json.loads((tmp_path / "dp" / "config.json").read_text())["backend"] == "tensorflow"
+
+
+def test_jax_strategies():
+    from tf3dgan.errors import Tf3dganError
+    from tf3dgan.jax_training import make_distribution
+
+    assert make_distribution("one") is None
+    with pytest.raises(Tf3dganError, match="multiworker is TensorFlow's"):
+        make_distribution("multiworker")
+    with pytest.raises(Tf3dganError, match="must be one of auto, one, mirrored"):
+        make_distribution("ring")

@@ -154,7 +154,7 @@ class _Run:
             cfg.load = True
         self.dir = runs.run_path(cfg.out, cfg.name)
         self.strategy, self.worker = self._make_strategy(), 0
-        if self.strategy is not None and cfg.xla:
+        if self.strategy is not None and cfg.xla and backend == "tensorflow":
             raise Tf3dganError("--xla does not go with a multi-device --strategy (use --strategy one with --xla)")
         resolver = getattr(self.strategy, "cluster_resolver", None)
         if resolver is not None:   # MultiWorkerMirroredStrategy
@@ -185,7 +185,8 @@ class _Run:
             print(f"warning: batch size {batch} is larger than the {len(self.data)} training grids in "
                   f"{self.data.source}; using batch size {len(self.data)}")
             batch = len(self.data)
-        replicas = 1 if self.strategy is None else int(self.strategy.num_replicas_in_sync)
+        replicas = (1 if self.strategy is None else len(self.strategy.device_mesh.devices.flat) if backend == "jax"
+                    else int(self.strategy.num_replicas_in_sync))
         if batch % replicas:
             raise Tf3dganError(f"batch size {batch} does not split evenly over the {replicas} replicas of "
                                f"--strategy {cfg.strategy}; use a multiple of {replicas}")
@@ -199,6 +200,9 @@ class _Run:
                       validation_packed=None if self.val is None else self.val.packed)
         if self.strategy is None:
             self.G, self.D = build_models(**model_cfg, dtype_policy=self.precision)
+        elif backend == "jax":   # the models stay plain; the trainer shards its step over the mesh
+            self.G, self.D = build_models(**model_cfg, dtype_policy=self.precision)
+            kwargs["distribution"] = self.strategy
         else:
             with self.strategy.scope():
                 self.G, self.D = build_models(**model_cfg, dtype_policy=self.precision, synchronized_bn=cfg.sync_bn)
@@ -220,11 +224,15 @@ class _Run:
     # -------------------------------------------------------------- setup helpers
     def _make_strategy(self):
         cfg = self.cfg
-        if self.backend != "tensorflow":
-            if cfg.strategy not in ("auto", "one") or cfg.cpu_devices:
-                raise Tf3dganError(f"--strategy {cfg.strategy} and --cpu-devices are TensorFlow settings; under "
-                                   "KERAS_BACKEND=jax training uses one device")
-            return None
+        if self.backend == "jax":
+            from .jax_training import make_distribution, split_cpu as split_jax_cpu
+
+            if not cfg.sync_bn:
+                raise Tf3dganError("--no-sync-bn is a TensorFlow setting: under KERAS_BACKEND=jax a data-parallel "
+                                   "step computes BatchNorm over the global batch (always synchronized)")
+            if cfg.cpu_devices:
+                split_jax_cpu(cfg.cpu_devices)
+            return make_distribution(cfg.strategy)
         from .training import make_strategy, split_cpu
 
         if cfg.cpu_devices:

@@ -22,6 +22,13 @@ TensorFlow's Philox generator):
   per distinct ``n``) with the state donated, and returns the per-step metrics as device
   arrays without waiting for them.
 
+``distribution=keras.distribution.DataParallel(...)`` spreads every step over the devices of
+its mesh (GSPMD): the state and the packed dataset are replicated, each real batch, latent
+batch and penalty mix is sharded along the batch axis, and XLA inserts the all-reduces.
+The program computes what the one-device program computes (BatchNorm statistics and the
+relativistic averages are over the global batch, i.e. synchronized), so a run gives the same
+losses on one device or several, up to the order of float sums; see :func:`make_distribution`.
+
 ``state_arrays`` / ``load_state_arrays`` use the keys, shapes and dtypes of
 ``GANTrainer``, so a checkpoint written by either backend resumes on the other.  The RNG
 state ``trainer/rng`` (int64 ``(3,)``, TensorFlow's Philox state) holds the JAX key as
@@ -65,14 +72,47 @@ def tune_for_device() -> None:
     """Nothing to tune under JAX (kept for the same interface as ``training.tune_for_device``)."""
 
 
+STRATEGIES = ("auto", "one", "mirrored")
+
+
+def split_cpu(n: int) -> None:
+    """Make JAX's CPU platform ``n`` devices (to try data parallelism without GPUs).  Must run
+    before JAX initialises its backends; afterwards it raises ``Tf3dganError``."""
+    from .errors import Tf3dganError
+
+    if n < 1:
+        raise Tf3dganError(f"--cpu-devices must be at least 1, got {n}")
+    try:
+        jax.config.update("jax_num_cpu_devices", int(n))
+    except RuntimeError as e:
+        if len(jax.devices("cpu")) == n:
+            return
+        raise Tf3dganError(f"cannot split the CPU into {n} devices: JAX's backends are already initialised "
+                           f"({e})") from None
+
+
+def make_distribution(name: str):
+    """The ``keras.distribution.DataParallel`` for ``--strategy NAME`` under JAX, or ``None`` for one
+    device.  ``one``: ``None``.  ``mirrored``: data parallel over all devices of JAX's default
+    platform (the GPUs, else the CPU devices of ``split_cpu``).  ``auto``: ``mirrored`` when the
+    default platform has more than one device, else ``None``.  (``multiworker`` is TensorFlow's;
+    a multi-host JAX run needs ``jax.distributed.initialize`` first and is not wired up.)"""
+    from .errors import Tf3dganError
+
+    if name == "multiworker":
+        raise Tf3dganError("--strategy multiworker is TensorFlow's (TF_CONFIG); under KERAS_BACKEND=jax use "
+                           "--strategy mirrored for the devices of one machine")
+    if name not in STRATEGIES:
+        raise Tf3dganError(f"--strategy must be one of {', '.join(STRATEGIES)} under JAX, got {name!r}")
+    devices = jax.devices()
+    if name == "one" or (name == "auto" and len(devices) < 2):
+        return None
+    return keras.distribution.DataParallel(devices=devices)
+
+
 def _adam(lr: float, float16: bool):
     opt = keras.optimizers.Adam(learning_rate=lr, beta_1=0.5)
     return keras.optimizers.LossScaleOptimizer(opt) if float16 else opt
-
-
-def _copy_to_device(value) -> jax.Array:
-    """A fresh device buffer (never one a Keras variable holds: the step donates its state)."""
-    return jax.device_put(np.array(value))
 
 
 def _key_from_tf_state(state: np.ndarray) -> np.ndarray:
@@ -230,7 +270,7 @@ class JaxGANTrainer:
                  loss: str = "rasgan", d_rule: str | None = None, g_lr: float = 0.002, d_lr: float = 0.00005,
                  precision: str = "float32", seed: int = 0, validation_packed: np.ndarray | None = None,
                  xla: bool = False, ema_alpha: float = 0.3, accuracy_threshold: float = 0.8,
-                 cpu_convolutions: bool | None = None):
+                 cpu_convolutions: bool | None = None, distribution=None):
         if keras.backend.backend() != "jax":
             raise RuntimeError(f"JaxGANTrainer needs Keras' JAX backend (KERAS_BACKEND=jax), "
                                f"not {keras.backend.backend()!r}")
@@ -257,9 +297,10 @@ class JaxGANTrainer:
         self.opt_g.build(self.G.trainable_variables)
         self.opt_d.build(self.D.trainable_variables)
 
-        self._data = jax.device_put(np.ascontiguousarray(data_packed, dtype=np.uint8))
+        self._set_distribution(distribution)
+        self._data = self._put(np.ascontiguousarray(data_packed, dtype=np.uint8))
         self._val = (None if validation_packed is None
-                     else jax.device_put(np.ascontiguousarray(validation_packed, dtype=np.uint8)))
+                     else self._put(np.ascontiguousarray(validation_packed, dtype=np.uint8)))
         self._layout = self._make_layout()
         self._state = self._initial_state(n, seed)
         self._pos = 0                 # host mirror of trainer/pos (no device sync to read it)
@@ -268,6 +309,35 @@ class JaxGANTrainer:
         self._runs = {}
         self._shuffle_fn = jax.jit(self._shuffle, donate_argnums=0)
         self._sample_fn = jax.jit(self._sample)
+
+    # ------------------------------------------------------------------ devices
+    def _set_distribution(self, distribution) -> None:
+        """Shardings for ``distribution`` (a ``keras.distribution.DataParallel``) or one device."""
+        self.distribution = distribution
+        self.replicas = 1
+        self._replicated = self._batch_sharding = None
+        if distribution is None:
+            return
+        if not isinstance(distribution, keras.distribution.DataParallel):
+            raise ValueError(f"distribution must be a keras.distribution.DataParallel, got {type(distribution).__name__}")
+        mesh = distribution.device_mesh.backend_mesh
+        self.replicas = int(mesh.devices.size)
+        if self.batch_size % self.replicas:
+            raise ValueError(f"batch size {self.batch_size} does not split evenly over {self.replicas} devices")
+        self._replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        self._batch_sharding = distribution.get_data_layout((self.batch_size,)).backend_layout
+
+    def _put(self, value) -> jax.Array:
+        """A fresh device buffer: on the default device, or replicated over the distribution's mesh."""
+        value = np.array(value)
+        return jax.device_put(value) if self._replicated is None else jax.device_put(value, self._replicated)
+
+    def _shard_batch(self, x):
+        """Constrain a batch-major array to be split along its batch axis over the mesh (no-op on one device)."""
+        if self._batch_sharding is None:
+            return x
+        spec = jax.sharding.PartitionSpec(self._batch_sharding.spec[0], *([None] * (x.ndim - 1)))
+        return lax.with_sharding_constraint(x, jax.sharding.NamedSharding(self._batch_sharding.mesh, spec))
 
     # ------------------------------------------------------------------ state layout
     def _make_layout(self):
@@ -300,20 +370,21 @@ class JaxGANTrainer:
         return layout
 
     def _initial_state(self, n: int, seed: int) -> dict:
-        values = lambda vs: [_copy_to_device(v.value) for v in vs]  # noqa: E731
-        return {
+        values = lambda vs: [np.array(v.value) for v in vs]  # noqa: E731
+        state = {
             "g_tr": values(self.G.trainable_variables), "g_nt": values(self.G.non_trainable_variables),
             "d_tr": values(self.D.trainable_variables), "d_nt": values(self.D.non_trainable_variables),
             "opt_g": values(self.opt_g.variables), "opt_d": values(self.opt_d.variables),
-            "perm": _copy_to_device(np.tile(np.arange(n, dtype=np.int32), (2, 1))),
-            "pos": _copy_to_device(np.int32(0)),
-            "train_d": _copy_to_device(np.bool_(True)),
-            "d_smooth": _copy_to_device(np.float32(0)),
-            "g_smooth": _copy_to_device(np.float32(0)),
-            "since_d": _copy_to_device(np.int32(0)),
-            "ratio": _copy_to_device(np.int32(1)),
-            "rng": _copy_to_device(np.asarray(jax.random.key_data(jax.random.key(seed, impl=RNG_IMPL)))),
+            "perm": np.tile(np.arange(n, dtype=np.int32), (2, 1)),
+            "pos": np.int32(0),
+            "train_d": np.bool_(True),
+            "d_smooth": np.float32(0),
+            "g_smooth": np.float32(0),
+            "since_d": np.int32(0),
+            "ratio": np.int32(1),
+            "rng": np.asarray(jax.random.key_data(jax.random.key(seed, impl=RNG_IMPL))),
         }
+        return jax.tree_util.tree_map(self._put, state)
 
     def _lr_index(self, opt) -> int:
         inner = getattr(opt, "inner_optimizer", opt)
@@ -337,7 +408,7 @@ class JaxGANTrainer:
     def set_learning_rates(self, g_lr: float, d_lr: float) -> None:
         for name, opt, lr in (("opt_g", self.opt_g, g_lr), ("opt_d", self.opt_d, d_lr)):
             values = list(self._state[name])
-            values[self._lr_index(opt)] = _copy_to_device(np.float32(lr))
+            values[self._lr_index(opt)] = self._put(np.float32(lr))
             self._state[name] = values
 
     @property
@@ -365,7 +436,7 @@ class JaxGANTrainer:
 
     def generate(self, z: np.ndarray) -> np.ndarray:
         """Generator output (inference-mode BatchNorm) for latent vectors ``z`` as float32 (N, D, H, W)."""
-        out = self._sample_fn(self._state["g_tr"], self._state["g_nt"], jnp.asarray(np.asarray(z, np.float32)))
+        out = self._sample_fn(self._state["g_tr"], self._state["g_nt"], self._put(np.asarray(z, np.float32)))
         return np.asarray(out, dtype=np.float32)[..., 0]
 
     def sync_models(self) -> None:
@@ -428,7 +499,7 @@ class JaxGANTrainer:
                 host[group] = new
             else:
                 host[group][index] = new
-        self._state = jax.tree_util.tree_map(_copy_to_device, host)
+        self._state = jax.tree_util.tree_map(self._put, host)
         self._foreign_rng = foreign
         self._pos = int(host["pos"])
 
@@ -453,10 +524,10 @@ class JaxGANTrainer:
     def _real_batch(self, data, state, which: int):
         start = state["pos"] * self.batch_size
         idx = jax.lax.dynamic_slice(state["perm"][which], (start,), (self.batch_size,))
-        return self._unpack(jnp.take(data, idx, axis=0))
+        return self._shard_batch(self._unpack(jnp.take(data, idx, axis=0)))
 
     def _latent(self, key):
-        return jax.random.normal(key, (self.batch_size, self.latent_dim), jnp.float32)
+        return self._shard_batch(jax.random.normal(key, (self.batch_size, self.latent_dim), jnp.float32))
 
     def _d_forward(self, d_tr, d_nt, g_tr, g_nt, real, z, key_gp):
         """D's loss (with the wgan-gp penalty) and the updated BatchNorm statistics."""
@@ -465,7 +536,7 @@ class JaxGANTrainer:
         fake_logits, d_nt = self.D.stateless_call(d_tr, d_nt, fake, training=True)
         d_loss, _ = self.objective.fn(real_logits, fake_logits)
         if self.objective.name == "wgan-gp":
-            eps = jax.random.uniform(key_gp, (self.batch_size, 1, 1, 1, 1), jnp.float32)
+            eps = self._shard_batch(jax.random.uniform(key_gp, (self.batch_size, 1, 1, 1, 1), jnp.float32))
             mixed = eps * real + (1.0 - eps) * fake.astype(jnp.float32)
 
             def score_sum(x, nt):
@@ -507,7 +578,7 @@ class JaxGANTrainer:
 
         if val is not None:
             idx = jax.random.randint(k_val, (self.batch_size,), 0, val.shape[0], jnp.int32)
-            val_logits, _ = self.D.stateless_call(d_tr, d_nt, self._unpack(jnp.take(val, idx, axis=0)),
+            val_logits, _ = self.D.stateless_call(d_tr, d_nt, self._shard_batch(self._unpack(jnp.take(val, idx, axis=0))),
                                                   training=False)
             val_loss = self.objective.fn(val_logits, fake_logits)[0]
         else:

@@ -53,10 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generator output [default: linear for rasgan64 (as the seed), sigmoid for 3dgan32]")
     p.add_argument("--xla", action="store_true", help="compile the train step with XLA (jit_compile)")
     p.add_argument("--strategy", default=D.strategy, choices=["auto", "one", "mirrored", "multiworker"],
-                   help="TensorFlow multi-device training: auto = mirrored over all GPUs when there are several; "
-                        "one; mirrored; multiworker (from TF_CONFIG). The -b batch is global")
+                   help="multi-device training: auto = mirrored over all GPUs when there are several; one; "
+                        "mirrored (tf.distribute.MirroredStrategy; under KERAS_BACKEND=jax "
+                        "keras.distribution.DataParallel); multiworker (TensorFlow only, from TF_CONFIG). "
+                        "The -b batch is global")
     p.add_argument("--no-sync-bn", dest="sync_bn", action="store_false",
-                   help="plain (per-replica) BatchNorm under a multi-device strategy [default: synchronized]")
+                   help="plain (per-replica) BatchNorm under a TensorFlow multi-device strategy [default: "
+                        "synchronized; always under JAX]")
     p.add_argument("--cpu-devices", type=int, default=D.cpu_devices,
                    help="split the CPU into N logical devices (to try --strategy mirrored without GPUs)")
     p.add_argument("--steps-per-call", type=int, default=D.steps_per_call, help="train steps per host call")
