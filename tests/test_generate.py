@@ -8,15 +8,12 @@ import trimesh
 
 from tf3dgan import runs, sampling
 
-from _cli import TINY, error_line, tool
+from _cli import error_line, tool
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    proc = tool("train", "-n", "g", *TINY, "-e", "4", "-save", "2", "--out", out)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+def run(tiny_run):
+    return tiny_run   # the shared tiny run (tests/conftest.py): run "g", checkpoints at epochs 2 and 4
 
 
 def test_latents_and_interpolation():
