@@ -79,12 +79,14 @@ def test_cli_json_tiny_run(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench.py"), "--arch", "rasgan64", "--resolution",
                            "16", "--width", "0.125", "-b", "4", "--steps", "2", "--warmup", "1", "--json",
-                           "--peak-tflops", "1"],
+                           "--peak-tflops", "1", "--conv-transpose", "native", "phase"],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
-    assert len(lines) == 1, proc.stdout
-    r = json.loads(lines[0])
+    assert len(lines) == 2, proc.stdout
+    r, phase = map(json.loads, lines)
+    assert (r["conv_transpose"], phase["conv_transpose"]) == ("native", "phase")
+    assert phase["trace_count"] == 1 and phase["step_tflop"] == r["step_tflop"] and phase["ms_per_step"] > 0
     assert set(benchmark.RESULT_KEYS) <= set(r)
     assert (r["backend"], r["arch"], r["batch"], r["precision"], r["xla"]) == ("tf", "rasgan64", 4, "float32", False)
     assert (r["resolution"], r["width"], r["steps_per_call"]) == (16, 0.125, 1)

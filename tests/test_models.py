@@ -501,6 +501,11 @@ JAX_SCRIPT = textwrap.dedent(r"""
         acc = float(losses.d_accuracy(losses.get_objective("rasgan"), real, fake))
         assert 0.0 <= acc <= 1.0
         print(arch, "ok", float(d_loss), float(g_loss), flush=True)
+        # the phase-form transposed convolutions give the same generator output under JAX
+        g_phase, _ = models.build_models(arch, width=0.125, resolution=res, conv_transpose="phase")
+        g_phase.set_weights(g.get_weights())
+        err = float(np.max(np.abs(np.asarray(g_phase(z, training=True)) - np.asarray(x_train))))
+        assert err <= 1e-5, (arch, err)
 
     assert "tensorflow" not in sys.modules, "tensorflow was imported under the JAX backend"
     print("TF3DGAN_JAX_OK")
@@ -518,3 +523,59 @@ def test_models_and_losses_run_under_jax():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
     assert "TF3DGAN_JAX_OK" in proc.stdout, proc.stdout
+
+
+# ---------------------------------------------------------------------------------- phase form
+PHASE_CASES = [  # filters, kernel, stride, padding, input size
+    (5, 4, 2, "same", (4, 4, 4)),      # rasgan64's layers
+    (3, 2, 2, "valid", (3, 4, 5)),     # 3dgan32's layers (non-cubic input)
+    (6, 2, 1, "valid", (1, 1, 1)),     # 3dgan32's first layer
+    (4, 4, 2, "valid", (3, 3, 3)),
+    (2, 3, 1, "same", (5, 4, 3)),
+    (2, 6, 3, "same", (2, 3, 2)),
+    (2, 4, 2, "same", (1, 1, 1)),
+]
+
+
+@pytest.mark.parametrize("filters,kernel,stride,padding,size", PHASE_CASES)
+def test_phase_conv_transpose_equals_conv3d_transpose(filters, kernel, stride, padding, size):
+    import tensorflow as tf
+
+    from tf3dgan.phase_conv import PhaseConv3DTranspose
+
+    rng = np.random.default_rng(kernel * 10 + stride)
+    x = tf.constant(rng.standard_normal((2, *size, 3)).astype("float32"))
+    native = layers.Conv3DTranspose(filters, kernel, strides=stride, padding=padding, activation="relu",
+                                    bias_initializer="random_normal")
+    phase = PhaseConv3DTranspose(filters, kernel, strides=stride, padding=padding, activation="relu")
+    native.build(x.shape)
+    phase.build(x.shape)
+    assert [w.shape for w in phase.weights] == [w.shape for w in native.weights]   # the same weights
+    phase.set_weights(native.get_weights())
+    results, weight = [], None
+    for layer in (native, phase):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+            if weight is None:   # a fixed random cotangent: gradients of every output voxel count
+                weight = tf.constant(rng.standard_normal(y.shape).astype("float32"))
+            loss = tf.reduce_sum(y * weight)
+        results.append([y, *tape.gradient(loss, [x, layer.kernel, layer.bias])])   # output, dx, dkernel, dbias
+    for want, got in zip(*results):
+        assert tuple(got.shape) == tuple(want.shape)
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch,res", [("rasgan64", 16), ("3dgan32", 8)])
+def test_generator_with_phase_conv_transpose_is_the_same_model(arch, res, tmp_path):
+    g, _ = build_models(arch, width=0.125, resolution=res)
+    g_phase, _ = build_models(arch, width=0.125, resolution=res, conv_transpose="phase")
+    assert [w.shape for w in g_phase.weights] == [w.shape for w in g.weights]
+    g.save_weights(tmp_path / "g.weights.h5")
+    g_phase.load_weights(tmp_path / "g.weights.h5")             # the weight files interchange
+    z = np.random.default_rng(0).standard_normal((3, LATENT_DIM)).astype("float32")
+    for training in (False, True):
+        np.testing.assert_allclose(ops.convert_to_numpy(g_phase(z, training=training)),
+                                   ops.convert_to_numpy(g(z, training=training)), atol=1e-5)
+    with pytest.raises(ValueError, match="conv_transpose must be one of native, phase"):
+        build_models(arch, width=0.125, resolution=res, conv_transpose="fft")

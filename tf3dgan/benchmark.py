@@ -37,6 +37,7 @@ from .models import Discriminator, build_models, make_spec
 
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 RESULT_KEYS = ("backend", "arch", "batch", "precision", "xla", "steps_per_call", "width", "resolution", "loss",
+               "conv_transpose",
                "ms_per_step", "ms_per_step_min", "ms_per_step_max", "samples_per_s", "step_tflop",
                "achieved_tflops", "achieved_gflops", "peak_tflops", "pct_of_peak", "calls_timed", "steps_timed",
                "warmup_calls", "trace_count", "device", "tf_version", "jax_version", "keras_version",
@@ -169,7 +170,8 @@ def _loadavg() -> float | None:
 
 def bench(arch: str = "rasgan64", batch: int = 24, precision: str = "float32", xla: bool = False,
           steps_per_call: int = 1, width: float = 1.0, resolution: int | None = None, steps: int = 10,
-          warmup: int = 2, loss: str = "rasgan", peak_tflops: float | None = None, seed: int = 0) -> dict:
+          warmup: int = 2, loss: str = "rasgan", peak_tflops: float | None = None, seed: int = 0,
+          conv_transpose: str = "native") -> dict:
     """Time the compiled train step of one configuration; returns a dict with :data:`RESULT_KEYS`.
 
     Builds the pair under the ``precision`` dtype policy and a :class:`GANTrainer`
@@ -179,6 +181,7 @@ def bench(arch: str = "rasgan64", batch: int = 24, precision: str = "float32", x
     not timed; then ``steps`` calls are timed one by one, each ending with ``.numpy()`` on its
     metrics so the device has finished.  ``ms_per_step`` is the median call time divided by
     ``steps_per_call``; ``achieved_tflops`` divides the analytic :func:`step_flops` by it.
+    ``conv_transpose="phase"`` builds G with :mod:`tf3dgan.phase_conv`'s transposed convolutions.
     """
     from . import data, synthetic
 
@@ -198,7 +201,8 @@ def bench(arch: str = "rasgan64", batch: int = 24, precision: str = "float32", x
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     spec = make_spec(arch, width, resolution)
     load_before = _loadavg()
-    generator, discriminator = build_models(spec.arch, spec.width, spec.resolution, dtype_policy=precision)
+    generator, discriminator = build_models(spec.arch, spec.width, spec.resolution, dtype_policy=precision,
+                                            conv_transpose=conv_transpose)
     grids = synthetic.make_shapes("furniture", batch * steps_per_call, spec.resolution, seed)
     trainer = Trainer(generator, discriminator, data.pack(grids), spec.resolution, batch_size=batch,
                       loss=loss, d_rule="always", precision=precision, seed=seed, xla=bool(xla))
@@ -220,6 +224,7 @@ def bench(arch: str = "rasgan64", batch: int = 24, precision: str = "float32", x
     result = {
         "backend": BACKENDS[backend], "arch": spec.arch, "batch": int(batch), "precision": precision, "xla": bool(xla),
         "steps_per_call": int(steps_per_call), "width": spec.width, "resolution": spec.resolution, "loss": loss,
+        "conv_transpose": conv_transpose,
         "ms_per_step": round(ms, 3),
         "ms_per_step_min": round(1000.0 * min(times) / steps_per_call, 3),
         "ms_per_step_max": round(1000.0 * max(times) / steps_per_call, 3),
@@ -258,11 +263,12 @@ _WIDTHS = (58, 10, 11, 10, 11)
 
 def config_label(r: dict) -> str:
     """A short label: ``tf rasgan64 64³ w1 b8 float32 tf.function`` (``xla``; ``jit`` on JAX; + ``spc4`` when
-    several steps per call)."""
+    several steps per call; + ``phase`` for the phase-form transposed convolutions)."""
     compiled = "jit" if r.get("backend") == "jax" else ("xla" if r["xla"] else "tf.function")
     label = (f"{r.get('backend', 'tf')} {r['arch']} {r['resolution']}³ w{r['width']:g} b{r['batch']} "
              f"{r['precision']} {compiled}")
-    return label + (f" spc{r['steps_per_call']}" if r["steps_per_call"] != 1 else "")
+    label += f" spc{r['steps_per_call']}" if r["steps_per_call"] != 1 else ""
+    return label + (" phase" if r.get("conv_transpose", "native") != "native" else "")
 
 
 def format_row(r: dict | Sequence[str]) -> str:

@@ -58,6 +58,7 @@ class TrainConfig:
     strategy: str = "auto"
     sync_bn: bool = True
     cpu_devices: int = 0
+    conv_transpose: str = "native"
     steps_per_call: int = 1
     out: str = "savepoint"
     keep: int = 10
@@ -198,14 +199,15 @@ class _Run:
         kwargs = dict(batch_size=batch, loss=cfg.loss, d_rule=cfg.d_rule, g_lr=g_lr, d_lr=d_lr,
                       precision=self.precision, seed=cfg.seed, xla=cfg.xla,
                       validation_packed=None if self.val is None else self.val.packed)
+        build = dict(model_cfg, dtype_policy=self.precision, conv_transpose=cfg.conv_transpose)
         if self.strategy is None:
-            self.G, self.D = build_models(**model_cfg, dtype_policy=self.precision)
+            self.G, self.D = build_models(**build)
         elif backend == "jax":   # the models stay plain; the trainer shards its step over the mesh
-            self.G, self.D = build_models(**model_cfg, dtype_policy=self.precision)
+            self.G, self.D = build_models(**build)
             kwargs["distribution"] = self.strategy
         else:
             with self.strategy.scope():
-                self.G, self.D = build_models(**model_cfg, dtype_policy=self.precision, synchronized_bn=cfg.sync_bn)
+                self.G, self.D = build_models(**build, synchronized_bn=cfg.sync_bn)
             kwargs["strategy"] = self.strategy
         self.trainer = Trainer(self.G, self.D, self.data.packed, self.data.dim, **kwargs)
         self.sample_z = np.random.default_rng(cfg.seed).standard_normal(

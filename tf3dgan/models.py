@@ -28,7 +28,9 @@ activation compute in float32 under a mixed-precision policy.
 batch statistics over the global batch of a ``tf.distribute`` strategy (all-reduced across
 replicas) instead of each replica's slice; the layers, weights and their order are the same,
 so checkpoints move freely between synchronized and plain models.  It is a runtime option,
-not part of the ``ArchSpec``.
+not part of the ``ArchSpec``.  So is ``conv_transpose="phase"``: G's transposed convolutions
+computed as one stride-1 convolution plus an interleave (:mod:`tf3dgan.phase_conv`), with the
+same weights and outputs.
 """
 from __future__ import annotations
 
@@ -37,6 +39,8 @@ from dataclasses import asdict, dataclass
 
 import keras
 from keras import layers
+
+from .phase_conv import IMPLEMENTATIONS, PhaseConv3DTranspose
 
 LATENT_DIM = 200
 ARCHS = ("rasgan64", "3dgan32")
@@ -93,9 +97,12 @@ class _VoxelNet(keras.Model):
     get the ``training`` flag, the others are called plainly."""
 
     def __init__(self, arch="rasgan64", width=1.0, resolution=None, output_activation=None,
-                 latent_dim=LATENT_DIM, dtype_policy=None, synchronized_bn=False, **kwargs):
+                 latent_dim=LATENT_DIM, dtype_policy=None, synchronized_bn=False, conv_transpose="native", **kwargs):
         super().__init__(**kwargs)
         self.spec = make_spec(arch, width, resolution, output_activation, latent_dim)
+        if conv_transpose not in IMPLEMENTATIONS:
+            raise ValueError(f"conv_transpose must be one of {', '.join(IMPLEMENTATIONS)}, got {conv_transpose!r}")
+        self.conv_transpose = conv_transpose
         if synchronized_bn and keras.backend.backend() != "tensorflow":
             raise ValueError(f"synchronized BatchNorm needs Keras' TensorFlow backend, not {keras.backend.backend()!r}")
         self.synchronized_bn = bool(synchronized_bn)
@@ -142,15 +149,16 @@ class Generator(_VoxelNet):
         chans = [_channels(64 * 2**i, s.width) for i in reversed(range(stages))]
         conv = dict(kernel_initializer=_init(), dtype=p)
         bn = dict(gamma_initializer=_init(mean=1.0), dtype=p)
+        deconv = PhaseConv3DTranspose if self.conv_transpose == "phase" else layers.Conv3DTranspose
         if s.arch == "rasgan64":
             blocks = [layers.Dense(4 * 4 * 4 * chans[0], **conv), layers.Reshape((4, 4, 4, chans[0]), dtype=p)]
-            ups = [layers.Conv3DTranspose(c, 4, strides=2, padding="same", **conv) for c in chans[1:]]
-            last = layers.Conv3DTranspose(1, 4, strides=2, padding="same", **conv)
+            ups = [deconv(c, 4, strides=2, padding="same", **conv) for c in chans[1:]]
+            last = deconv(1, 4, strides=2, padding="same", **conv)
         else:
             blocks = [layers.Reshape((1, 1, 1, s.latent_dim), dtype=p),
-                      layers.Conv3DTranspose(chans[0], 2, strides=1, use_bias=False, **conv)]
-            ups = [layers.Conv3DTranspose(c, 2, strides=2, use_bias=False, **conv) for c in chans[1:]]
-            last = layers.Conv3DTranspose(1, 2, strides=2, use_bias=False, **conv)
+                      deconv(chans[0], 2, strides=1, use_bias=False, **conv)]
+            ups = [deconv(c, 2, strides=2, use_bias=False, **conv) for c in chans[1:]]
+            last = deconv(1, 2, strides=2, use_bias=False, **conv)
         blocks += [self._bn(**bn), layers.ReLU(dtype=p)]
         for up in ups:
             blocks += [up, self._bn(**bn), layers.ReLU(dtype=p)]
@@ -188,7 +196,7 @@ class Discriminator(_VoxelNet):
 
 def build_models(arch: str = "rasgan64", width: float = 1.0, resolution: int | None = None,
                  output_activation: str | None = None, latent_dim: int = LATENT_DIM,
-                 dtype_policy: str | None = None, synchronized_bn: bool = False):
+                 dtype_policy: str | None = None, synchronized_bn: bool = False, conv_transpose: str = "native"):
     """Return the built ``(generator, discriminator)`` pair for an architecture name.
 
     ``dtype_policy`` is a Keras dtype policy name (``"float32"``, ``"mixed_float16"``,
@@ -196,10 +204,12 @@ def build_models(arch: str = "rasgan64", width: float = 1.0, resolution: int | N
     (weights created), so ``count_params()`` and weight loading work at once.
     ``synchronized_bn`` uses cross-replica BatchNorm statistics (for a ``tf.distribute``
     strategy: call this inside ``strategy.scope()``); weights are the same either way.
+    ``conv_transpose="phase"`` computes the generator's transposed convolutions in the phase
+    form (:mod:`tf3dgan.phase_conv`: same weights, same outputs to float tolerance).
     """
     spec = make_spec(arch, width, resolution, output_activation, latent_dim)
     kw = dict(spec.to_dict(), dtype_policy=dtype_policy, synchronized_bn=synchronized_bn)
-    generator, discriminator = Generator(**kw), Discriminator(**kw)
+    generator, discriminator = Generator(**kw, conv_transpose=conv_transpose), Discriminator(**kw)
     r = spec.resolution
     generator.build((None, spec.latent_dim))
     discriminator.build((None, r, r, r, 1))

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "JAX always compiles with XLA")
     p.add_argument("--no-xla", dest="xla", action="store_const", const="off", help="plain tf.function (default)")
     p.add_argument("--steps-per-call", type=int, nargs="+", default=[1], help="train steps per compiled call")
+    p.add_argument("--conv-transpose", nargs="+", default=["native"], choices=["native", "phase"],
+                   help="G's transposed convolutions: native (Conv3DTranspose) and/or phase (one stride-1 "
+                        "convolution + interleave, tf3dgan.phase_conv)")
     p.add_argument("--width", type=float, default=1.0, help="channel-width multiplier")
     p.add_argument("--resolution", type=int, default=None, help="grid size [default: the architecture's native one]")
     p.add_argument("--steps", type=int, default=10, help="timed calls per configuration (the median is reported)")
@@ -71,6 +74,7 @@ def _child_args(args: argparse.Namespace, backend: str) -> list[str]:
     """This command line for one other backend, as JSON lines."""
     out = ["--backend", backend, "--arch", args.arch, "-b", *map(str, args.batch), "--precision", *args.precision,
            "--xla", args.xla, "--steps-per-call", *map(str, args.steps_per_call), "--width", repr(args.width),
+           "--conv-transpose", *args.conv_transpose,
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--loss", args.loss, "--seed", str(args.seed),
            "--json"]
     if args.resolution is not None:
@@ -103,9 +107,11 @@ def _configs(args: argparse.Namespace):
             continue
         xlas = _XLA[args.xla] if backend == "tf" else [False]
         for spc in args.steps_per_call:
-            yield from bench_grid(args.batch, args.precision, xlas, arch=args.arch, steps_per_call=spc,
-                                  width=args.width, resolution=args.resolution, steps=args.steps, warmup=args.warmup,
-                                  loss=args.loss, peak_tflops=args.peak_tflops, seed=args.seed)
+            for conv_t in dict.fromkeys(args.conv_transpose):
+                yield from bench_grid(args.batch, args.precision, xlas, arch=args.arch, steps_per_call=spc,
+                                      width=args.width, resolution=args.resolution, steps=args.steps,
+                                      warmup=args.warmup, loss=args.loss, peak_tflops=args.peak_tflops,
+                                      seed=args.seed, conv_transpose=conv_t)
 
 
 def run(args: argparse.Namespace) -> list[dict]:

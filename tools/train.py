@@ -62,6 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "synchronized; always under JAX]")
     p.add_argument("--cpu-devices", type=int, default=D.cpu_devices,
                    help="split the CPU into N logical devices (to try --strategy mirrored without GPUs)")
+    p.add_argument("--conv-transpose", default=D.conv_transpose, choices=["native", "phase"],
+                   help="how G's transposed convolutions are computed: native (Conv3DTranspose) or phase (one "
+                        "stride-1 convolution + interleave; same weights and results, compare with tools/bench.py)")
     p.add_argument("--steps-per-call", type=int, default=D.steps_per_call, help="train steps per host call")
     p.add_argument("--out", default=D.out, help="folder holding the run folders")
     p.add_argument("--keep", type=int, default=D.keep, help="numbered checkpoints to keep (0 = all)")
