@@ -31,8 +31,8 @@ setup(
     ],
     extras_require={
         "cuda": ["tensorflow[and-cuda]>=2.16"],
-        "jax": ["jax>=0.4.30", "jaxlib>=0.4.30"],
-        "test": ["pytest>=7", "jax>=0.4.30", "jaxlib>=0.4.30"],
+        "jax": ["jax>=0.5", "jaxlib>=0.5"],
+        "test": ["pytest>=7", "jax>=0.5", "jaxlib>=0.5"],
     },
     entry_points={"console_scripts": [f"tf3dgan-{t.replace('_', '-')}=tf3dgan.tools.{t}:main" for t in TOOLS]},
 )

@@ -79,7 +79,8 @@ def test_cli_json_tiny_run(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench.py"), "--arch", "rasgan64", "--resolution",
                            "16", "--width", "0.125", "-b", "4", "--steps", "2", "--warmup", "1", "--json",
-                           "--peak-tflops", "1", "--conv-transpose", "native", "phase"],
+                           "--peak-tflops", "1", "--conv-transpose", "native", "phase", "--profile", str(tmp_path / "prof"),
+                           "--profile-calls", "2"],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.strip()]
@@ -87,6 +88,13 @@ def test_cli_json_tiny_run(tmp_path):
     r, phase = map(json.loads, lines)
     assert (r["conv_transpose"], phase["conv_transpose"]) == ("native", "phase")
     assert phase["trace_count"] == 1 and phase["step_tflop"] == r["step_tflop"] and phase["ms_per_step"] > 0
+    for prof in (r["profile"], phase["profile"]):   # --profile: the traced calls' ops, summed by name
+        assert prof["device"] == "host" and prof["total_ms"] > 0, prof
+        assert Path(prof["folder"]).parent == tmp_path / "prof" and list(Path(prof["folder"]).rglob("*.xplane.pb"))
+        assert 0 < len(prof["kernels"]) <= 15 and 0 < sum(k["share"] for k in prof["kernels"]) <= 1 + 1e-9
+        assert all(k["ms"] > 0 and k["count"] > 0 for k in prof["kernels"])
+    native_ops = " ".join(k["name"] for k in r["profile"]["kernels"])
+    assert "Conv3D" in native_ops, native_ops                    # TensorFlow's executor ops: scope/op:Kernel
     assert set(benchmark.RESULT_KEYS) <= set(r)
     assert (r["backend"], r["arch"], r["batch"], r["precision"], r["xla"]) == ("tf", "rasgan64", 4, "float32", False)
     assert (r["resolution"], r["width"], r["steps_per_call"]) == (16, 0.125, 1)

@@ -171,7 +171,7 @@ def _loadavg() -> float | None:
 def bench(arch: str = "rasgan64", batch: int = 24, precision: str = "float32", xla: bool = False,
           steps_per_call: int = 1, width: float = 1.0, resolution: int | None = None, steps: int = 10,
           warmup: int = 2, loss: str = "rasgan", peak_tflops: float | None = None, seed: int = 0,
-          conv_transpose: str = "native") -> dict:
+          conv_transpose: str = "native", profile_dir: str | None = None, profile_calls: int = 3) -> dict:
     """Time the compiled train step of one configuration; returns a dict with :data:`RESULT_KEYS`.
 
     Builds the pair under the ``precision`` dtype policy and a :class:`GANTrainer`
@@ -182,6 +182,9 @@ def bench(arch: str = "rasgan64", batch: int = 24, precision: str = "float32", x
     metrics so the device has finished.  ``ms_per_step`` is the median call time divided by
     ``steps_per_call``; ``achieved_tflops`` divides the analytic :func:`step_flops` by it.
     ``conv_transpose="phase"`` builds G with :mod:`tf3dgan.phase_conv`'s transposed convolutions.
+    ``profile_dir``: after timing, ``profile_calls`` more calls are traced into a sub-folder named
+    by the configuration, and ``result["profile"]`` holds :func:`tf3dgan.profiling.top_kernels`
+    (per call) — or ``{"error": ...}`` where the trace cannot be summarised (it needs JAX).
     """
     from . import data, synthetic
 
@@ -218,6 +221,22 @@ def bench(arch: str = "rasgan64", batch: int = 24, precision: str = "float32", x
         call()
     times = [call() for _ in range(steps)]
 
+    profile = None
+    if profile_dir is not None:
+        from . import profiling
+
+        label = "_".join(str(v) for v in (BACKENDS[backend], spec.arch, spec.resolution, f"w{spec.width:g}",
+                                          f"b{batch}", precision, "xla" if xla else "", f"spc{steps_per_call}",
+                                          conv_transpose) if v != "")
+        folder = os.path.join(profile_dir, label)
+        with profiling.trace(folder):
+            for _ in range(profile_calls):
+                call()
+        try:
+            profile = dict(profiling.top_kernels(folder, calls=profile_calls), folder=folder)
+        except (ImportError, FileNotFoundError) as e:
+            profile = {"error": f"{type(e).__name__}: {e}", "folder": folder}
+
     ms = 1000.0 * statistics.median(times) / steps_per_call
     flop = step_flops(generator, discriminator, batch)
     tflops = flop / 1e12 / (ms / 1000.0)
@@ -241,6 +260,8 @@ def bench(arch: str = "rasgan64", batch: int = 24, precision: str = "float32", x
         "keras_version": keras.__version__,
         "loadavg_before": load_before, "loadavg_after": _loadavg(),
     }
+    if profile is not None:
+        result["profile"] = profile
     del trainer, generator, discriminator
     keras.backend.clear_session()
     gc.collect()

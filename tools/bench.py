@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", default="rasgan", choices=list(OBJECTIVES), help="GAN objective (D always trains)")
     p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak TFLOP/s, for the %% of peak column")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data and noise")
+    p.add_argument("--profile", metavar="DIR", default=None,
+                   help="after timing each configuration, trace --profile-calls more calls into DIR/<config>/ and "
+                        "print the kernels that took the time (summing the trace needs JAX installed)")
+    p.add_argument("--profile-calls", type=int, default=3, help="calls traced per configuration with --profile")
     p.add_argument("--json", action="store_true", help="print one JSON object per configuration instead of the table")
     p.add_argument("--compare", action="store_true",
                    help="after the table, print every configuration's speed relative to the first one")
@@ -63,7 +67,8 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     except ValueError as e:
         p.error(str(e))
     for name, values, low in (("--batch", args.batch, 1), ("--steps-per-call", args.steps_per_call, 1),
-                              ("--steps", [args.steps], 1), ("--warmup", [args.warmup], 0)):
+                              ("--steps", [args.steps], 1), ("--warmup", [args.warmup], 0),
+                              ("--profile-calls", [args.profile_calls], 1)):
         if any(v < low for v in values):
             p.error(f"{name} must be >= {low}")
     if args.peak_tflops is not None and not args.peak_tflops > 0:
@@ -74,13 +79,15 @@ def _child_args(args: argparse.Namespace, backend: str) -> list[str]:
     """This command line for one other backend, as JSON lines."""
     out = ["--backend", backend, "--arch", args.arch, "-b", *map(str, args.batch), "--precision", *args.precision,
            "--xla", args.xla, "--steps-per-call", *map(str, args.steps_per_call), "--width", repr(args.width),
-           "--conv-transpose", *args.conv_transpose,
+           "--conv-transpose", *args.conv_transpose, "--profile-calls", str(args.profile_calls),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--loss", args.loss, "--seed", str(args.seed),
            "--json"]
     if args.resolution is not None:
         out += ["--resolution", str(args.resolution)]
     if args.peak_tflops is not None:
         out += ["--peak-tflops", repr(args.peak_tflops)]
+    if args.profile is not None:
+        out += ["--profile", os.path.abspath(args.profile)]
     return out
 
 
@@ -111,11 +118,13 @@ def _configs(args: argparse.Namespace):
                 yield from bench_grid(args.batch, args.precision, xlas, arch=args.arch, steps_per_call=spc,
                                       width=args.width, resolution=args.resolution, steps=args.steps,
                                       warmup=args.warmup, loss=args.loss, peak_tflops=args.peak_tflops,
-                                      seed=args.seed, conv_transpose=conv_t)
+                                      seed=args.seed, conv_transpose=conv_t, profile_dir=args.profile,
+                                      profile_calls=args.profile_calls)
 
 
 def run(args: argparse.Namespace) -> list[dict]:
     from tf3dgan.benchmark import TABLE_HEADER, config_label, format_row
+    from tf3dgan.profiling import format_kernels
 
     results = []
     if not args.json:
@@ -123,6 +132,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     for r in _configs(args):
         results.append(r)
         print(json.dumps(r) if args.json else format_row(r), flush=True)
+        if "profile" in r and not args.json:
+            print(format_kernels(r["profile"]) if "kernels" in r["profile"] else f"  profile: {r['profile']['error']} "
+                  f"(the trace is in {r['profile']['folder']}: open it with TensorBoard's profile plugin)", flush=True)
     out = sys.stderr if args.json else sys.stdout
     if args.compare and len(results) > 1:
         base = results[0]

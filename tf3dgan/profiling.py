@@ -1,0 +1,98 @@
+"""Where the step's time goes: trace a few train-step calls and sum the device kernels by name.
+
+``trace(folder)`` records a profile with the running Keras backend's profiler (``jax.profiler``
+under JAX, ``tf.profiler.experimental`` under TensorFlow); both write an XSpace protobuf
+(``*.xplane.pb``).  ``top_kernels(folder)`` reads it with ``jax.profiler.ProfileData`` (so it
+needs JAX installed, also for a TensorFlow trace) and sums the events per name:
+
+* on a GPU, the kernels of the ``/device:GPU:N`` planes' stream lines (cuDNN/cuBLAS/XLA kernel
+  names such as ``sm90_xmma_fprop_implicit_gemm_...`` or ``loop_fusion_12``);
+* without one, the host plane's op events: XLA's CPU runtime threads under JAX (fusions, dots),
+  TensorFlow's executor threads (``tf_Compute``: ``scope/op:KernelType``) under TensorFlow.
+
+Used by ``tools/bench.py --profile DIR``.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import defaultdict
+from pathlib import Path
+
+# lines of a GPU plane that summarise (rather than are) kernel executions
+_SUMMARY_LINES = ("XLA Modules", "XLA Ops", "Steps", "Framework Ops", "Launch Stats", "Source")
+
+
+@contextlib.contextmanager
+def trace(folder: str | os.PathLike):
+    """Profile what runs inside the block into ``folder`` (created) with the Keras backend's profiler."""
+    import keras
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if keras.backend.backend() == "jax":
+        import jax
+
+        with jax.profiler.trace(str(folder)):
+            yield
+        return
+    import tensorflow as tf
+
+    tf.profiler.experimental.start(str(folder))
+    try:
+        yield
+    finally:
+        tf.profiler.experimental.stop()
+
+
+def xplane_files(folder: str | os.PathLike) -> list[Path]:
+    """The XSpace files under ``folder``, newest last."""
+    return sorted(Path(folder).rglob("*.xplane.pb"), key=lambda p: p.stat().st_mtime)
+
+
+def _is_kernel(plane_name: str, line_name: str, event_name: str) -> bool:
+    if plane_name.startswith("/device:"):
+        return not any(line_name.startswith(s) for s in _SUMMARY_LINES)
+    # host: the XLA CPU runtime's threads, without its own wrappers (ThunkExecutor::Execute, ...)
+    return line_name.startswith(("tf_XLA", "XLA Ops", "tf_Compute")) and "::" not in event_name
+
+
+def top_kernels(folder: str | os.PathLike, limit: int = 15, calls: int = 1) -> dict:
+    """Sum the newest profile's kernel events under ``folder`` by name.
+
+    Returns ``{"device": "gpu" | "host", "planes": [...], "total_ms": T, "kernels": [{"name",
+    "ms", "count", "share"}, ...]}`` with times divided by ``calls`` (the traced calls), the
+    ``limit`` largest first; ``share`` is of ``total_ms`` (the summed time of all kernels)."""
+    from jax.profiler import ProfileData
+
+    files = xplane_files(folder)
+    if not files:
+        raise FileNotFoundError(f"{folder}: no *.xplane.pb profile in it")
+    data = ProfileData.from_file(str(files[-1]))
+    planes = list(data.planes)
+    gpu = [p for p in planes if p.name.startswith("/device:GPU")]
+    chosen = gpu or [p for p in planes if p.name.startswith("/host:CPU")]
+    totals, counts = defaultdict(int), defaultdict(int)
+    for plane in chosen:
+        for line in plane.lines:
+            for event in line.events:
+                if not _is_kernel(plane.name, line.name, event.name):
+                    continue
+                totals[event.name] += int(event.duration_ns)
+                counts[event.name] += 1
+    total = sum(totals.values())
+    ranked = sorted(totals, key=totals.get, reverse=True)[:limit]
+    scale = 1e-6 / max(int(calls), 1)
+    return {"device": "gpu" if gpu else "host", "planes": [p.name for p in chosen], "total_ms": total * scale,
+            "kernels": [{"name": n, "ms": totals[n] * scale, "count": counts[n] / max(int(calls), 1),
+                         "share": totals[n] / total if total else 0.0} for n in ranked]}
+
+
+def format_kernels(summary: dict, width: int = 90) -> str:
+    """A small table of :func:`top_kernels`' result."""
+    lines = [f"  {'kernel' if summary['device'] == 'gpu' else 'host op'} (per call; "
+             f"{summary['total_ms']:.2f} ms in all on {', '.join(summary['planes']) or 'no plane'})"]
+    for k in summary["kernels"]:
+        name = k["name"] if len(k["name"]) <= width else "…" + k["name"][-(width - 1):]   # the op is at the end
+        lines.append(f"  {k['ms']:9.3f} ms {100 * k['share']:5.1f}% {k['count']:6.1f}×  {name}")
+    return "\n".join(lines)
