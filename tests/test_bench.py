@@ -95,6 +95,9 @@ def test_cli_json_tiny_run(tmp_path):
         assert all(k["ms"] > 0 and k["count"] > 0 for k in prof["kernels"])
     native_ops = " ".join(k["name"] for k in r["profile"]["kernels"])
     assert "Conv3D" in native_ops, native_ops                    # TensorFlow's executor ops: scope/op:Kernel
+    kinds = {k["name"]: k["share"] for k in r["profile"]["kinds"]}   # the same summed by kernel type
+    assert any("Conv3D" in k for k in kinds) and all(":" not in k and "/" not in k for k in kinds), kinds
+    assert sum(kinds.values()) <= 1 + 1e-9 and max(kinds.values()) >= max(k["share"] for k in r["profile"]["kernels"])
     assert set(benchmark.RESULT_KEYS) <= set(r)
     assert (r["backend"], r["arch"], r["batch"], r["precision"], r["xla"]) == ("tf", "rasgan64", 4, "float32", False)
     assert (r["resolution"], r["width"], r["steps_per_call"]) == (16, 0.125, 1)

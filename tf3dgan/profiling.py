@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections import defaultdict
 from pathlib import Path
 
@@ -61,8 +62,10 @@ def top_kernels(folder: str | os.PathLike, limit: int = 15, calls: int = 1) -> d
     """Sum the newest profile's kernel events under ``folder`` by name.
 
     Returns ``{"device": "gpu" | "host", "planes": [...], "total_ms": T, "kernels": [{"name",
-    "ms", "count", "share"}, ...]}`` with times divided by ``calls`` (the traced calls), the
-    ``limit`` largest first; ``share`` is of ``total_ms`` (the summed time of all kernels)."""
+    "ms", "count", "share"}, ...], "kinds": [...]}`` with times divided by ``calls`` (the traced
+    calls), the ``limit`` largest first; ``share`` is of ``total_ms`` (the summed time of all
+    kernels); ``kinds`` sums the same by :func:`kind_of` (e.g. every ``Conv3DBackpropInputV2``).
+    Kernels running at once (several streams or threads) make ``total_ms`` exceed the wall time."""
     from jax.profiler import ProfileData
 
     files = xplane_files(folder)
@@ -80,12 +83,27 @@ def top_kernels(folder: str | os.PathLike, limit: int = 15, calls: int = 1) -> d
                     continue
                 totals[event.name] += int(event.duration_ns)
                 counts[event.name] += 1
+    kinds, kind_counts = defaultdict(int), defaultdict(int)
+    for name, ns in totals.items():
+        kinds[kind_of(name)] += ns
+        kind_counts[kind_of(name)] += counts[name]
     total = sum(totals.values())
-    ranked = sorted(totals, key=totals.get, reverse=True)[:limit]
-    scale = 1e-6 / max(int(calls), 1)
+    scale, per = 1e-6 / max(int(calls), 1), 1 / max(int(calls), 1)
+
+    def rows(times, numbers):
+        return [{"name": n, "ms": times[n] * scale, "count": numbers[n] * per, "share": times[n] / total if total else 0.0}
+                for n in sorted(times, key=times.get, reverse=True)[:limit]]
+
     return {"device": "gpu" if gpu else "host", "planes": [p.name for p in chosen], "total_ms": total * scale,
-            "kernels": [{"name": n, "ms": totals[n] * scale, "count": counts[n] / max(int(calls), 1),
-                         "share": totals[n] / total if total else 0.0} for n in ranked]}
+            "kernels": rows(totals, counts), "kinds": rows(kinds, kind_counts)}
+
+
+def kind_of(name: str) -> str:
+    """The kind of work an event name stands for: TensorFlow's ``scope/op:Kernel`` → ``Kernel``;
+    XLA's numbered ops (``conv_general_dilated.108``, ``loop_fusion_12``) → without the number."""
+    if ":" in name and "/" in name:
+        return name.rsplit(":", 1)[1]
+    return re.sub(r"[._]\d+$", "", name)
 
 
 def format_kernels(summary: dict, width: int = 90) -> str:
@@ -95,4 +113,6 @@ def format_kernels(summary: dict, width: int = 90) -> str:
     for k in summary["kernels"]:
         name = k["name"] if len(k["name"]) <= width else "…" + k["name"][-(width - 1):]   # the op is at the end
         lines.append(f"  {k['ms']:9.3f} ms {100 * k['share']:5.1f}% {k['count']:6.1f}×  {name}")
+    if summary.get("kinds"):
+        lines.append("  by kind: " + ", ".join(f"{k['name']} {100 * k['share']:.0f}%" for k in summary["kinds"][:6]))
     return "\n".join(lines)
