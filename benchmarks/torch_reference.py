@@ -34,7 +34,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -327,37 +326,13 @@ def step_flops(arch: str, width: float, resolution: int, batch: int) -> int:
     return int(keras_step_flops(KG(**spec), KD(**spec), batch))
 
 
-def cpu_description() -> str:
-    """``CPU: <model> (<n> logical cores, bf16: ...)`` — the format of ``tf3dgan.benchmark.device_name``."""
-    model, flags = None, None
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and model is None:
-                    model = value.strip()
-                elif key.strip() == "flags" and flags is None:
-                    flags = set(value.split())
-    except OSError:
-        pass
-    extra = ""
-    if flags is not None:
-        native = sorted(flags & {"avx512_bf16", "amx_bf16"})
-        extra = ", bf16: " + ("+".join(native) if native else "none native")
-    return f"CPU: {model or platform.processor() or platform.machine()} ({os.cpu_count()} logical cores{extra})"
-
-
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"GPU: {torch.cuda.get_device_name(device)}"
-    return cpu_description()
+    from tf3dgan.benchmark import cpu_name   # the format of tools/bench.py's "device"
 
+    return cpu_name()
 
-def _loadavg():
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
 
 
 # ---------------------------------------------------------------------------------------- bench
@@ -367,8 +342,10 @@ def bench(arch: str = "rasgan64", batch: int = 8, precision: str = "float32", co
           device: str = "cpu", seed: int = 0, adam: str = "auto", flop: int | None = None,
           peak_tflops: float | None = None, channels_last: bool = False) -> dict:
     """Time ``steps`` single train steps after ``warmup`` untimed ones; the keys of ``tools/bench.py --json``."""
+    from tf3dgan.benchmark import loadavg   # Keras on its torch backend (set by main / the caller)
+
     resolution = check_config(arch, width, resolution)
-    load_before = _loadavg()
+    load_before = loadavg()
     runner = TorchGANStep(arch, batch, width, resolution, precision, compile, device, seed, adam,
                           channels_last=channels_last)
     for _ in range(warmup):
@@ -406,7 +383,7 @@ def bench(arch: str = "rasgan64", batch: int = 8, precision: str = "float32", co
         "device": device_description(runner.device), "torch_version": torch.__version__,
         "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "adam": runner.adam, "channels_last": runner.channels_last, "tf_version": None, "keras_version": keras_version,
-        "loadavg_before": load_before, "loadavg_after": _loadavg(),
+        "loadavg_before": load_before, "loadavg_after": loadavg(),
     }
     del runner
     return result

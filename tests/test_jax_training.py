@@ -24,6 +24,7 @@ import pytest
 from tf3dgan import runs
 from tf3dgan.data import pack
 from tf3dgan.synthetic import make_shapes
+from test_training import replay_rule   # the NumPy transcription of the seed's D rule
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
 
@@ -43,16 +44,6 @@ def tf_tiny(res=16, **kw):
 
     g, d = build_models("rasgan64", width=0.125, resolution=res, output_activation="sigmoid")
     return GANTrainer(g, d, DATA[res], res, batch_size=8, seed=3, **kw)
-
-
-def replay_rule(rule, d_loss, g_loss, accuracy, alpha=0.3):
-    """Which steps train D under the seed's rules, given the per-step losses and accuracies."""
-    trained, train_next, d_s, g_s = [], True, 0.0, 0.0
-    for d, g, acc in zip(d_loss, g_loss, accuracy):
-        trained.append(train_next)
-        d_s, g_s = alpha * d + (1 - alpha) * d_s, alpha * g + (1 - alpha) * g_s
-        train_next = {"ratio": 2 * d_s > g_s, "accuracy": acc <= 0.8, "always": True}[rule]
-    return np.array(trained, dtype=np.float32)
 
 
 def noise_driven_keys(trainer) -> set:

@@ -34,8 +34,8 @@ import keras
 import numpy as np
 
 from .models import Discriminator, build_models, make_spec
+from .trainer_base import PRECISIONS
 
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 RESULT_KEYS = ("backend", "arch", "batch", "precision", "xla", "steps_per_call", "width", "resolution", "loss",
                "conv_transpose",
                "ms_per_step", "ms_per_step_min", "ms_per_step_max", "samples_per_s", "step_tflop",
@@ -119,7 +119,7 @@ def device_name() -> str:
         gpus = [d for d in jax.devices() if d.platform == "gpu"]
         if gpus:
             return f"GPU: {gpus[0].device_kind}" + (f" (+{len(gpus) - 1} more)" if len(gpus) > 1 else "")
-        return _cpu_name()
+        return cpu_name()
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
@@ -129,10 +129,11 @@ def device_name() -> str:
         except Exception:   # details are best effort
             name = gpus[0].name
         return f"GPU: {name}" + (f" (+{len(gpus) - 1} more)" if len(gpus) > 1 else "")
-    return _cpu_name()
+    return cpu_name()
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """``CPU: <model> (<n> logical cores, bf16: ...)`` from /proc/cpuinfo."""
     model, flags = None, None
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -159,7 +160,8 @@ def _version(module: str) -> str | None:
     return getattr(m, "__version__", None) if m is not None else None
 
 
-def _loadavg() -> float | None:
+def loadavg() -> float | None:
+    """The 1-minute load average (None where the OS has none)."""
     try:
         return round(os.getloadavg()[0], 2)
     except (AttributeError, OSError):
@@ -203,7 +205,7 @@ def bench(arch: str = "rasgan64", batch: int = 24, precision: str = "float32", x
         if int(value) != value or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     spec = make_spec(arch, width, resolution)
-    load_before = _loadavg()
+    load_before = loadavg()
     generator, discriminator = build_models(spec.arch, spec.width, spec.resolution, dtype_policy=precision,
                                             conv_transpose=conv_transpose)
     grids = synthetic.make_shapes("furniture", batch * steps_per_call, spec.resolution, seed)
@@ -258,7 +260,7 @@ def bench(arch: str = "rasgan64", batch: int = 24, precision: str = "float32", x
         "device": device_name(), "tf_version": _version("tensorflow") if backend == "tensorflow" else None,
         "jax_version": _version("jax") if backend == "jax" else None,
         "keras_version": keras.__version__,
-        "loadavg_before": load_before, "loadavg_after": _loadavg(),
+        "loadavg_before": load_before, "loadavg_after": loadavg(),
     }
     if profile is not None:
         result["profile"] = profile

@@ -186,8 +186,12 @@ class _Run:
             print(f"warning: batch size {batch} is larger than the {len(self.data)} training grids in "
                   f"{self.data.source}; using batch size {len(self.data)}")
             batch = len(self.data)
-        replicas = (1 if self.strategy is None else len(self.strategy.device_mesh.devices.flat) if backend == "jax"
-                    else int(self.strategy.num_replicas_in_sync))
+        if self.strategy is None:
+            replicas = 1
+        elif backend == "jax":   # a keras.distribution.DataParallel
+            replicas = int(self.strategy.device_mesh.devices.size)
+        else:                    # a tf.distribute strategy
+            replicas = int(self.strategy.num_replicas_in_sync)
         if batch % replicas:
             raise Tf3dganError(f"batch size {batch} does not split evenly over the {replicas} replicas of "
                                f"--strategy {cfg.strategy}; use a multiple of {replicas}")

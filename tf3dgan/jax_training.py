@@ -48,11 +48,7 @@ import keras
 from jax import lax
 
 from . import losses
-from .errors import CheckpointError
-
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-D_RULES = ("ratio", "accuracy", "always")
-METRICS = ("d_loss", "g_loss", "val_loss", "d_trained", "ratio", "d_accuracy", "loss_scale")
+from .trainer_base import METRICS, adam, check_settings, checkpoint_entry, checkpoint_variables
 
 RNG_IMPL = "threefry2x32"
 RNG_TAG = 0x4A41585F6B6579   # "JAX_key": marks a trainer/rng array that holds a JAX key
@@ -108,11 +104,6 @@ def make_distribution(name: str):
     if name == "one" or (name == "auto" and len(devices) < 2):
         return None
     return keras.distribution.DataParallel(devices=devices)
-
-
-def _adam(lr: float, float16: bool):
-    opt = keras.optimizers.Adam(learning_rate=lr, beta_1=0.5)
-    return keras.optimizers.LossScaleOptimizer(opt) if float16 else opt
 
 
 def _key_from_tf_state(state: np.ndarray) -> np.ndarray:
@@ -274,15 +265,8 @@ class JaxGANTrainer:
         if keras.backend.backend() != "jax":
             raise RuntimeError(f"JaxGANTrainer needs Keras' JAX backend (KERAS_BACKEND=jax), "
                                f"not {keras.backend.backend()!r}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        self.objective = losses.get_objective(loss)
-        self.d_rule = d_rule or self.objective.default_d_rule
-        if self.d_rule not in D_RULES:
-            raise ValueError(f"d-rule must be one of {', '.join(D_RULES)}, got {self.d_rule!r}")
         n = int(data_packed.shape[0])
-        if not 1 <= batch_size <= n:
-            raise ValueError(f"batch size {batch_size} must be between 1 and the dataset size {n}")
+        self.objective, self.d_rule = check_settings(loss, d_rule, precision, batch_size, n)
         self.G, self.D = generator, discriminator
         self.dim, self.batch_size, self.precision = int(dim), int(batch_size), precision
         self.latent_dim = int(generator.spec.latent_dim)
@@ -292,8 +276,8 @@ class JaxGANTrainer:
         # None: the rewritten convolutions on CPU only (GPUs run transposed convolutions natively)
         self.cpu_convolutions = (jax.default_backend() == "cpu") if cpu_convolutions is None else bool(cpu_convolutions)
         self.loss_scaled = precision == "mixed_float16"
-        self.opt_g = _adam(g_lr, self.loss_scaled)
-        self.opt_d = _adam(d_lr, self.loss_scaled)
+        self.opt_g = adam(g_lr, self.loss_scaled)
+        self.opt_d = adam(d_lr, self.loss_scaled)
         self.opt_g.build(self.G.trainable_variables)
         self.opt_d.build(self.D.trainable_variables)
 
@@ -325,7 +309,7 @@ class JaxGANTrainer:
         if self.batch_size % self.replicas:
             raise ValueError(f"batch size {self.batch_size} does not split evenly over {self.replicas} devices")
         self._replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-        self._batch_sharding = distribution.get_data_layout((self.batch_size,)).backend_layout
+        self._batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(distribution.batch_dim_name))
 
     def _put(self, value) -> jax.Array:
         """A fresh device buffer: on the default device, or replicated over the distribution's mesh."""
@@ -334,10 +318,7 @@ class JaxGANTrainer:
 
     def _shard_batch(self, x):
         """Constrain a batch-major array to be split along its batch axis over the mesh (no-op on one device)."""
-        if self._batch_sharding is None:
-            return x
-        spec = jax.sharding.PartitionSpec(self._batch_sharding.spec[0], *([None] * (x.ndim - 1)))
-        return lax.with_sharding_constraint(x, jax.sharding.NamedSharding(self._batch_sharding.mesh, spec))
+        return x if self._batch_sharding is None else lax.with_sharding_constraint(x, self._batch_sharding)
 
     # ------------------------------------------------------------------ state layout
     def _make_layout(self):
@@ -345,25 +326,20 @@ class JaxGANTrainer:
 
         ``group`` names a list in the state pytree (``g_tr``, ``g_nt``, ``d_tr``, ``d_nt``,
         ``opt_g``, ``opt_d``) or a trainer scalar; the optimizer lists follow
-        ``optimizer.variables`` (what ``stateless_apply`` takes), the checkpoint keys follow
-        the inner Adam's variables (``opt_*``) and the loss scaler's own (``opt_*_scale``)."""
-        layout = []
+        ``optimizer.variables`` (what ``stateless_apply`` takes); the keys are
+        ``trainer_base.checkpoint_variables``' (the TensorFlow trainer's)."""
+        where = {}   # id(variable) -> (group, index) in the state pytree
         for prefix, model in (("g", self.G), ("d", self.D)):
-            tr = {id(v): i for i, v in enumerate(model.trainable_variables)}
-            nt = {id(v): i for i, v in enumerate(model.non_trainable_variables)}
-            for i, w in enumerate(model.weights):
-                group, index = (f"{prefix}_tr", tr[id(w)]) if id(w) in tr else (f"{prefix}_nt", nt[id(w)])
-                layout.append((f"{prefix}/{i:03d}", group, index, np.dtype(w.dtype)))
+            where.update({id(v): (f"{prefix}_tr", i) for i, v in enumerate(model.trainable_variables)})
+            where.update({id(v): (f"{prefix}_nt", i) for i, v in enumerate(model.non_trainable_variables)})
         for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d)):
-            inner = getattr(opt, "inner_optimizer", opt)
-            position = {id(v): i for i, v in enumerate(opt.variables)}
-            own = [v for v in opt.variables if not any(v is w for w in inner.variables)]
-            for key, variables in ((name, inner.variables), (f"{name}_scale", own)):
-                for i, v in enumerate(variables):
-                    dtype = np.dtype(v.dtype)
-                    if dtype.kind in "iu":
-                        dtype = np.dtype(np.int64)   # Keras "int" is int64 under TensorFlow
-                    layout.append((f"{key}/{i:03d}", name, position[id(v)], dtype))
+            where.update({id(v): (name, i) for i, v in enumerate(opt.variables)})
+        layout = []
+        for key, v in checkpoint_variables(self.G, self.D, self.opt_g, self.opt_d):
+            dtype = np.dtype(v.dtype)
+            if dtype.kind in "iu" and not key.startswith(("g/", "d/")):
+                dtype = np.dtype(np.int64)   # optimizer counters: Keras "int" is int64 under TensorFlow
+            layout.append((key, *where[id(v)], dtype))
         for key, dtype in _TRAINER_DTYPES.items():
             layout.append((f"trainer/{key}", key, None, np.dtype(dtype)))
         layout.append(("trainer/rng", "rng", None, np.dtype(np.int64)))
@@ -475,18 +451,10 @@ class JaxGANTrainer:
         host = {k: list(v) if isinstance(v, list) else v for k, v in host.items()}
         foreign = None
         for key, group, index, _ in self._layout:
-            if key not in arrays and key.split("/")[0].endswith("_scale"):
-                continue   # saved without loss scaling: keep the initial scale
-            if key not in arrays:
-                raise CheckpointError(f"{source}: has no entry {key!r} "
-                                      f"(saved by a different model, loss or precision?)")
-            current = host[group] if index is None else host[group][index]
-            current = np.asarray(current)
-            value = np.asarray(arrays[key])
-            expected = (3,) if key == "trainer/rng" else current.shape
-            if tuple(value.shape) != tuple(expected):
-                raise CheckpointError(f"{source}: entry {key!r} has shape {value.shape}, the run expects "
-                                      f"{tuple(expected)} (different architecture, width or dataset size?)")
+            current = np.asarray(host[group] if index is None else host[group][index])
+            value = checkpoint_entry(arrays, key, (3,) if key == "trainer/rng" else current.shape, source)
+            if value is None:
+                continue
             if key == "trainer/rng":
                 value = np.asarray(value, np.int64)
                 if value[2] == RNG_TAG and 0 <= value[0] < 2**32 and 0 <= value[1] < 2**32:

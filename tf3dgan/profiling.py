@@ -51,11 +51,20 @@ def xplane_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(Path(folder).rglob("*.xplane.pb"), key=lambda p: p.stat().st_mtime)
 
 
-def _is_kernel(plane_name: str, line_name: str, event_name: str) -> bool:
-    if plane_name.startswith("/device:"):
-        return not any(line_name.startswith(s) for s in _SUMMARY_LINES)
-    # host: the XLA CPU runtime's threads, without its own wrappers (ThunkExecutor::Execute, ...)
-    return line_name.startswith(("tf_XLA", "XLA Ops", "tf_Compute")) and "::" not in event_name
+def _kernel_events(plane):
+    """The events of ``plane`` that are kernels/ops (not the summaries or runtime wrappers around them)."""
+    lines = list(plane.lines)
+    if plane.name.startswith("/device:"):
+        # the CUDA streams' lines hold the kernels; others (XLA Modules/Ops, Steps) summarise them
+        streams = [line for line in lines if line.name.startswith("Stream")]
+        for line in streams or [x for x in lines if not x.name.startswith(_SUMMARY_LINES)]:
+            yield from line.events
+        return
+    # host: XLA's CPU runtime threads (JAX) or TensorFlow's executor threads, without the
+    # runtimes' own wrappers (ThunkExecutor::Execute, ExecutorState::Process, ...)
+    for line in lines:
+        if line.name.startswith(("tf_XLA", "XLA Ops", "tf_Compute")):
+            yield from (e for e in line.events if "::" not in e.name)
 
 
 def top_kernels(folder: str | os.PathLike, limit: int = 15, calls: int = 1) -> dict:
@@ -77,12 +86,9 @@ def top_kernels(folder: str | os.PathLike, limit: int = 15, calls: int = 1) -> d
     chosen = gpu or [p for p in planes if p.name.startswith("/host:CPU")]
     totals, counts = defaultdict(int), defaultdict(int)
     for plane in chosen:
-        for line in plane.lines:
-            for event in line.events:
-                if not _is_kernel(plane.name, line.name, event.name):
-                    continue
-                totals[event.name] += int(event.duration_ns)
-                counts[event.name] += 1
+        for event in _kernel_events(plane):
+            totals[event.name] += int(event.duration_ns)
+            counts[event.name] += 1
     kinds, kind_counts = defaultdict(int), defaultdict(int)
     for name, ns in totals.items():
         kinds[kind_of(name)] += ns

@@ -40,15 +40,14 @@ import json
 import os
 
 import numpy as np
-import keras
 import tensorflow as tf
 
 from . import losses
-from .errors import CheckpointError, Tf3dganError
+from .errors import Tf3dganError
+from .trainer_base import D_RULES, METRICS, PRECISIONS, adam, check_settings, checkpoint_entry, checkpoint_variables
 
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-D_RULES = ("ratio", "accuracy", "always")
-METRICS = ("d_loss", "g_loss", "val_loss", "d_trained", "ratio", "d_accuracy", "loss_scale")
+__all__ = ["GANTrainer", "D_RULES", "METRICS", "PRECISIONS", "default_precision", "make_strategy", "split_cpu",
+           "tune_for_device"]
 
 
 def default_precision() -> str:
@@ -125,11 +124,6 @@ def split_cpu(n: int) -> None:
                            f"initialised (call split_cpu first thing in the process) ({e})") from None
 
 
-def _adam(lr: float, float16: bool):
-    opt = keras.optimizers.Adam(learning_rate=lr, beta_1=0.5)
-    return keras.optimizers.LossScaleOptimizer(opt) if float16 else opt
-
-
 class GANTrainer:
     """Trains a (generator, discriminator) pair on an in-memory voxel dataset.
 
@@ -143,15 +137,8 @@ class GANTrainer:
                  loss: str = "rasgan", d_rule: str | None = None, g_lr: float = 0.002, d_lr: float = 0.00005,
                  precision: str = "float32", seed: int = 0, validation_packed: np.ndarray | None = None,
                  xla: bool = False, ema_alpha: float = 0.3, accuracy_threshold: float = 0.8, strategy=None):
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-        self.objective = losses.get_objective(loss)
-        self.d_rule = d_rule or self.objective.default_d_rule
-        if self.d_rule not in D_RULES:
-            raise ValueError(f"d-rule must be one of {', '.join(D_RULES)}, got {self.d_rule!r}")
         n = int(data_packed.shape[0])
-        if not 1 <= batch_size <= n:
-            raise ValueError(f"batch size {batch_size} must be between 1 and the dataset size {n}")
+        self.objective, self.d_rule = check_settings(loss, d_rule, precision, batch_size, n)
         self.strategy = strategy
         self.replicas = int(strategy.num_replicas_in_sync) if strategy is not None else 1
         if batch_size % self.replicas:
@@ -174,8 +161,8 @@ class GANTrainer:
         self.ema_alpha, self.accuracy_threshold = float(ema_alpha), float(accuracy_threshold)
         self.loss_scaled = precision == "mixed_float16"
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
-            self.opt_g = _adam(g_lr, self.loss_scaled)
-            self.opt_d = _adam(d_lr, self.loss_scaled)
+            self.opt_g = adam(g_lr, self.loss_scaled)
+            self.opt_d = adam(d_lr, self.loss_scaled)
             self.opt_g.build(self.G.trainable_variables)
             self.opt_d.build(self.D.trainable_variables)
 
@@ -235,17 +222,9 @@ class GANTrainer:
 
     # ------------------------------------------------------------------ checkpoint state
     def _named_variables(self):
-        """``(key, variable)`` for everything in a checkpoint.  Adam's own variables are
-        keyed the same with or without loss scaling; the loss scaler's extra variables go
-        under ``*_scale/`` (optional on load), so a run can resume in another precision."""
-        groups = {"g": self.G.weights, "d": self.D.weights}
-        for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d)):
-            inner = getattr(opt, "inner_optimizer", opt)
-            groups[name] = inner.variables
-            groups[f"{name}_scale"] = [v for v in opt.variables if not any(v is w for w in inner.variables)]
-        for group, variables in groups.items():
-            for i, v in enumerate(variables):
-                yield f"{group}/{i:03d}", v
+        """``(key, variable)`` for everything in a checkpoint: ``trainer_base.checkpoint_variables``
+        (weights, optimizers), then the step's own state and the RNG."""
+        yield from checkpoint_variables(self.G, self.D, self.opt_g, self.opt_d)
         for key, v in self._state.items():
             yield f"trainer/{key}", v
         yield "trainer/rng", self.rng.state
@@ -258,15 +237,9 @@ class GANTrainer:
         """Restore ``state_arrays`` output; a missing or mis-shaped entry is a CheckpointError."""
         pending = []
         for key, v in self._named_variables():
-            if key not in arrays and key.split("/")[0].endswith("_scale"):
-                continue   # saved without loss scaling: keep the initial scale
-            if key not in arrays:
-                raise CheckpointError(f"{source}: has no entry {key!r} (saved by a different model, loss or precision?)")
-            value = np.asarray(arrays[key])
-            if tuple(value.shape) != tuple(v.shape):
-                raise CheckpointError(f"{source}: entry {key!r} has shape {value.shape}, the run expects "
-                                      f"{tuple(v.shape)} (different architecture, width or dataset size?)")
-            pending.append((v, value))
+            value = checkpoint_entry(arrays, key, v.shape, source)
+            if value is not None:
+                pending.append((v, value))
         for v, value in pending:
             v.assign(value)
         self._host_pos = int(self._state["pos"].numpy())
