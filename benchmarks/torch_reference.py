@@ -389,23 +389,16 @@ def bench(arch: str = "rasgan64", batch: int = 8, precision: str = "float32", co
     return result
 
 
-TABLE_HEADER = ("config", "ms/step", "samples/s", "GFLOP/s", "% of peak")
-_WIDTHS = (62, 10, 11, 10, 11)
-
-
 def config_label(r: dict) -> str:
     return (f"{r['arch']} {r['resolution']}³ w{r['width']:g} b{r['batch']} {r['precision']} "
             f"torch {r['mode']}" + (" channels_last" if r.get("channels_last") else ""))
 
 
 def format_row(r) -> str:
-    if isinstance(r, dict):
-        pct = "-" if r.get("pct_of_peak") is None else f"{r['pct_of_peak']:.1f}"
-        cells = (config_label(r), f"{r['ms_per_step']:.1f}", f"{r['samples_per_s']:.2f}",
-                 f"{r['achieved_gflops']:.1f}", pct)
-    else:
-        cells = tuple(r)
-    return cells[0].ljust(_WIDTHS[0]) + "".join(c.rjust(w) for c, w in zip(cells[1:], _WIDTHS[1:]))
+    """``tools/bench.py``'s table row (``tf3dgan.benchmark.format_row``) with this script's labels."""
+    from tf3dgan.benchmark import format_row as bench_row
+
+    return bench_row(r, label=config_label, first_width=62)
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -461,6 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     results = []
     if not args.json:
+        from tf3dgan.benchmark import TABLE_HEADER
+
         print(format_row(TABLE_HEADER), flush=True)
     for b in args.batch:
         flop = step_flops(args.arch, args.width, resolution, b)

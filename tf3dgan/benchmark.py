@@ -294,14 +294,15 @@ def config_label(r: dict) -> str:
     return label + (" phase" if r.get("conv_transpose", "native") != "native" else "")
 
 
-def format_row(r: dict | Sequence[str]) -> str:
+def format_row(r: dict | Sequence[str], label=None, first_width: int | None = None) -> str:
+    """One table row of a result (``label(r)`` names it, :func:`config_label` by default) or of header cells."""
     if isinstance(r, dict):
         pct = "-" if r.get("pct_of_peak") is None else f"{r['pct_of_peak']:.1f}"
-        cells = (config_label(r), f"{r['ms_per_step']:.1f}", f"{r['samples_per_s']:.2f}",
+        cells = ((label or config_label)(r), f"{r['ms_per_step']:.1f}", f"{r['samples_per_s']:.2f}",
                  f"{r['achieved_gflops']:.1f}", pct)
     else:
         cells = tuple(r)
-    return cells[0].ljust(_WIDTHS[0]) + "".join(c.rjust(w) for c, w in zip(cells[1:], _WIDTHS[1:]))
+    return cells[0].ljust(first_width or _WIDTHS[0]) + "".join(c.rjust(w) for c, w in zip(cells[1:], _WIDTHS[1:]))
 
 
 def format_table(results: Sequence[dict]) -> str:
