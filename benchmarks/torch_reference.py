@@ -34,7 +34,6 @@ import contextlib
 import json
 import math
 import os
-import statistics
 import sys
 import time
 
@@ -342,7 +341,7 @@ def bench(arch: str = "rasgan64", batch: int = 8, precision: str = "float32", co
           device: str = "cpu", seed: int = 0, adam: str = "auto", flop: int | None = None,
           peak_tflops: float | None = None, channels_last: bool = False) -> dict:
     """Time ``steps`` single train steps after ``warmup`` untimed ones; the keys of ``tools/bench.py --json``."""
-    from tf3dgan.benchmark import loadavg   # Keras on its torch backend (set by main / the caller)
+    from tf3dgan.benchmark import loadavg, timing_fields   # Keras on its torch backend (set by main / the caller)
 
     resolution = check_config(arch, width, resolution)
     load_before = loadavg()
@@ -357,8 +356,6 @@ def bench(arch: str = "rasgan64", batch: int = 8, precision: str = "float32", co
         last = (d, g)
     if flop is None:
         flop = step_flops(arch, width, resolution, batch)
-    ms = 1000.0 * statistics.median(times)
-    tflops = flop / 1e12 / (ms / 1000.0)
     try:
         import keras
         keras_version = keras.__version__
@@ -369,16 +366,7 @@ def bench(arch: str = "rasgan64", batch: int = 8, precision: str = "float32", co
         "xla": False, "compile": runner.compiled, "mode": "torch.compile" if runner.compiled else "eager",
         "autocast": runner.precision == "bfloat16", "steps_per_call": 1, "width": float(width),
         "resolution": resolution, "loss": "rasgan",
-        "ms_per_step": round(ms, 3),
-        "ms_per_step_min": round(1000.0 * min(times), 3),
-        "ms_per_step_max": round(1000.0 * max(times), 3),
-        "samples_per_s": round(batch * 1000.0 / ms, 3),
-        "step_tflop": flop / 1e12,
-        "achieved_tflops": tflops,
-        "achieved_gflops": round(tflops * 1000.0, 3),
-        "peak_tflops": peak_tflops,
-        "pct_of_peak": None if not peak_tflops else round(100.0 * tflops / peak_tflops, 3),
-        "calls_timed": len(times), "steps_timed": len(times), "warmup_calls": int(warmup), "trace_count": None,
+        **timing_fields(times, 1, batch, flop, peak_tflops), "warmup_calls": int(warmup), "trace_count": None,
         "d_loss": last[0], "g_loss": last[1],
         "device": device_description(runner.device), "torch_version": torch.__version__,
         "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),

@@ -239,24 +239,12 @@ def bench(arch: str = "rasgan64", batch: int = 24, precision: str = "float32", x
         except (ImportError, FileNotFoundError) as e:
             profile = {"error": f"{type(e).__name__}: {e}", "folder": folder}
 
-    ms = 1000.0 * statistics.median(times) / steps_per_call
-    flop = step_flops(generator, discriminator, batch)
-    tflops = flop / 1e12 / (ms / 1000.0)
     result = {
         "backend": BACKENDS[backend], "arch": spec.arch, "batch": int(batch), "precision": precision, "xla": bool(xla),
         "steps_per_call": int(steps_per_call), "width": spec.width, "resolution": spec.resolution, "loss": loss,
         "conv_transpose": conv_transpose,
-        "ms_per_step": round(ms, 3),
-        "ms_per_step_min": round(1000.0 * min(times) / steps_per_call, 3),
-        "ms_per_step_max": round(1000.0 * max(times) / steps_per_call, 3),
-        "samples_per_s": round(batch * 1000.0 / ms, 3),
-        "step_tflop": flop / 1e12,
-        "achieved_tflops": tflops,
-        "achieved_gflops": round(tflops * 1000.0, 3),
-        "peak_tflops": peak_tflops,
-        "pct_of_peak": None if not peak_tflops else round(100.0 * tflops / peak_tflops, 3),
-        "calls_timed": len(times), "steps_timed": len(times) * steps_per_call, "warmup_calls": int(warmup),
-        "trace_count": int(trainer.trace_count),
+        **timing_fields(times, steps_per_call, batch, step_flops(generator, discriminator, batch), peak_tflops),
+        "warmup_calls": int(warmup), "trace_count": int(trainer.trace_count),
         "device": device_name(), "tf_version": _version("tensorflow") if backend == "tensorflow" else None,
         "jax_version": _version("jax") if backend == "jax" else None,
         "keras_version": keras.__version__,
@@ -268,6 +256,25 @@ def bench(arch: str = "rasgan64", batch: int = 24, precision: str = "float32", x
     keras.backend.clear_session()
     gc.collect()
     return result
+
+
+def timing_fields(times: Sequence[float], steps_per_call: int, batch: int, flop: int,
+                  peak_tflops: float | None) -> dict:
+    """The result keys derived from the timed calls (seconds, each ``steps_per_call`` steps): the
+    median as ``ms_per_step``, min/max, samples/s, and the analytic ``flop`` per step as achieved
+    TFLOP/s and % of ``peak_tflops``."""
+    ms = 1000.0 * statistics.median(times) / steps_per_call
+    tflops = flop / 1e12 / (ms / 1000.0)
+    return {
+        "ms_per_step": round(ms, 3),
+        "ms_per_step_min": round(1000.0 * min(times) / steps_per_call, 3),
+        "ms_per_step_max": round(1000.0 * max(times) / steps_per_call, 3),
+        "samples_per_s": round(batch * 1000.0 / ms, 3),
+        "step_tflop": flop / 1e12, "achieved_tflops": tflops, "achieved_gflops": round(tflops * 1000.0, 3),
+        "peak_tflops": peak_tflops,
+        "pct_of_peak": None if not peak_tflops else round(100.0 * tflops / peak_tflops, 3),
+        "calls_timed": len(times), "steps_timed": len(times) * steps_per_call,
+    }
 
 
 def bench_grid(batches: Iterable[int], precisions: Iterable[str], xlas: Iterable[bool], **kwargs):
