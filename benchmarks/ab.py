@@ -186,6 +186,17 @@ def _versions(r: dict) -> str:
     return f"TensorFlow {r.get('tf_version')}, Keras {r.get('keras_version')}"
 
 
+def run_header(runs: list[dict], how: str, load: str, defaults: dict | None = None) -> str:
+    """The summary's first line: the configuration (from the first result, else ``defaults``),
+    ``how`` it was measured, the device, the library versions and the ``load`` averages."""
+    first = dict(defaults or {}, **next((r for run in runs for r in run["results"]), {}))
+    versions = sorted({_versions(r) for run in runs for r in run["results"]})
+    width = first.get("width")
+    width = f"{width:g}" if isinstance(width, (int, float)) else width
+    return (f"{first.get('arch')} {first.get('resolution')}³ width {width} batch {first.get('batch')}; "
+            f"{how}; on {first.get('device', '?')}; {'; '.join(versions)}; 1/5/15-min load average {load}")
+
+
 def format_summary(summary: dict, rounds: int, header: str) -> str:
     lines = [header, ""]
     cols = [f"round {i + 1}" for i in range(rounds)]
@@ -245,12 +256,9 @@ def _from_json(args) -> int:
     args.rounds = max(r["round"] for r in runs) + 1
     args.precision = list(dict.fromkeys(r["precision"] for r in runs))
     backends = list(dict.fromkeys(r["side"] for r in runs))
+    header = run_header(runs, f"{args.rounds} interleaved round(s) from {args.from_json}",
+                        f"{runs[0]['loadavg_before']} at the first run, {runs[-1]['loadavg_after']} after the last")
     first = next((r for run in runs for r in run["results"]), {})
-    versions = sorted({_versions(r) for run in runs for r in run["results"]})
-    header = (f"{first.get('arch')} {first.get('resolution')}³ width {first.get('width')} batch {first.get('batch')}; "
-              f"{args.rounds} interleaved round(s) from {args.from_json}; on {first.get('device', '?')}; "
-              f"{'; '.join(versions)}; 1/5/15-min load average {runs[0]['loadavg_before']} at the first run, "
-              f"{runs[-1]['loadavg_after']} after the last")
     args.batch = first.get("batch", args.batch)
     print(format_summary(summarize(runs, args, backends), args.rounds, header))
     return 0
@@ -315,12 +323,10 @@ def main(argv: list[str] | None = None) -> int:
         out("interrupted: summary of the runs so far")
     load_after = loadavg()
     summary = summarize(runs, args, backends)
-    first = next((r for run in runs for r in run["results"]), {})
-    versions = sorted({_versions(r) for run in runs for r in run["results"]})
-    header = (f"{args.arch} {first.get('resolution', args.resolution)}³ width {args.width:g} batch {args.batch}; "
-              f"median of {args.steps} timed step(s) after {args.warmup} warm-up per run; {args.rounds} interleaved "
-              f"round(s); on {first.get('device', '?')}; {'; '.join(versions)}; 1/5/15-min load average "
-              f"{load_before} before, {load_after} after")
+    header = run_header(runs, f"median of {args.steps} timed step(s) after {args.warmup} warm-up per run; "
+                              f"{args.rounds} interleaved round(s)", f"{load_before} before, {load_after} after",
+                        defaults={"arch": args.arch, "resolution": args.resolution, "width": args.width,
+                                  "batch": args.batch})
     errors = [f"round {r['round'] + 1} {r['side']} {r['precision']}: {r['error']}" for r in runs if r["error"]]
     if args.json:
         print(json.dumps({"summary": True, "interrupted": interrupted, "header": header, "backends": backends,

@@ -224,4 +224,5 @@ def test_ab_from_json_resummarizes_saved_runs(tmp_path, capsys):
     path.write_text("\n".join(json.dumps(x) for x in lines) + '\n{"summary": true}\n')
     assert ab.main(["--from-json", str(path)]) == 0
     text = capsys.readouterr().out
-    assert "rasgan64 32³" in text and "torch eager float32 / ours tf float32: 1.55" in text
+    assert "rasgan64 32³ width 1 batch 8; 2 interleaved round(s) from" in text
+    assert "torch eager float32 / ours tf float32: 1.55" in text

@@ -252,7 +252,7 @@ def bench(arch: str = "rasgan64", batch: int = 24, precision: str = "float32", x
     }
     if profile is not None:
         result["profile"] = profile
-    del trainer, generator, discriminator
+    trainer = generator = discriminator = None   # drop the last references before clearing the session
     keras.backend.clear_session()
     gc.collect()
     return result
