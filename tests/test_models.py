@@ -462,6 +462,8 @@ def test_mixed_precision_close_to_float32():
 JAX_SCRIPT = textwrap.dedent(r"""
     import sys
 
+    import jax
+    import jax.numpy as jnp
     import numpy as np
     import keras
     from keras import ops
@@ -501,11 +503,29 @@ JAX_SCRIPT = textwrap.dedent(r"""
         acc = float(losses.d_accuracy(losses.get_objective("rasgan"), real, fake))
         assert 0.0 <= acc <= 1.0
         print(arch, "ok", float(d_loss), float(g_loss), flush=True)
-        # the phase-form transposed convolutions give the same generator output under JAX
+        # the phase-form transposed convolutions give the same generator output and the same
+        # gradients (of a fixed random weighting of every output voxel) under JAX
         g_phase, _ = models.build_models(arch, width=0.125, resolution=res, conv_transpose="phase")
         g_phase.set_weights(g.get_weights())
         err = float(np.max(np.abs(np.asarray(g_phase(z, training=True)) - np.asarray(x_train))))
         assert err <= 1e-5, (arch, err)
+        cotangent = rng.standard_normal(x_train.shape).astype("float32")
+
+        def gradients(model):
+            frozen = [v.value for v in model.non_trainable_variables]
+
+            def weighted_sum(trainable):
+                y, _ = model.stateless_call(trainable, frozen, z, training=True)
+                return jnp.sum(y * cotangent)
+
+            return jax.jit(jax.grad(weighted_sum))([v.value for v in model.trainable_variables])
+
+        want, got = gradients(g), gradients(g_phase)
+        scale = max(float(np.max(np.abs(w))) for w in want)
+        for w, h in zip(want, got):
+            # a bias that BatchNorm cancels has a zero gradient up to rounding: tolerance on the global scale
+            np.testing.assert_allclose(np.asarray(h), np.asarray(w), rtol=1e-4, atol=1e-5 * scale)
+        print(arch, "phase gradients ok", len(want), scale, flush=True)
 
     assert "tensorflow" not in sys.modules, "tensorflow was imported under the JAX backend"
     print("TF3DGAN_JAX_OK")

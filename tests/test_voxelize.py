@@ -342,6 +342,23 @@ def test_check_voxelizer_no_references(tmp_path):
     assert proc.returncode == 2 and "no mesh" in proc.stderr
 
 
+def test_check_voxelizer_library_reports_unreadable_meshes(tmp_path):
+    from tf3dgan.voxel_check import check_voxelizer, format_table
+
+    src = MODELNET / "table" / "train"
+    for name in ("table_0151.off", "table_0151.binvox"):
+        shutil.copyfile(src / name, tmp_path / name)
+    (tmp_path / "broken.off").write_text("OFF\n3 1 0\n0 0 0\n1 0 0\n")   # 3 vertices announced, 2 given
+    shutil.copyfile(src / "table_0151.binvox", tmp_path / "broken.binvox")
+    seen = []
+    result = check_voxelizer(tmp_path, tmp_path, on_file=lambda value, key, rel: seen.append((key, str(rel))))
+    assert seen == [("binvox --dim 64  vs  X.binvox", "table_0151")]
+    (value, rel), = result.rows["binvox --dim 64  vs  X.binvox"]
+    assert rel == "table_0151" and value >= 0.98
+    assert len(result.failures) == 1 and "broken.off" in result.failures[0]   # one line, not skipped silently
+    assert "table_0151" in format_table(result.rows).splitlines()[1]
+
+
 def test_convert_tree_cache_method_note(tmp_path):
     root = tmp_path / "m"
     root.mkdir()
