@@ -120,6 +120,13 @@ def test_cli_rejects_bad_options(capsys):
     assert exc.value.code == 2 and "power of two" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         tool.main(["-b", "0"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:      # one configuration: nothing to compare, said before any timing
+        tool.main(["--compare", "-b", "8"])
+    assert exc.value.code == 2 and "--compare needs at least two configurations" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:      # --profile names a file, not a folder: refused up front
+        tool.main(["--profile", __file__])
+    assert exc.value.code == 2 and "is not a folder" in capsys.readouterr().err
     args = tool.build_parser().parse_args(["-b", "8", "24", "--xla", "both", "--precision", "float32", "mixed_bfloat16"])
     assert (args.batch, args.xla, args.precision) == ([8, 24], "both", ["float32", "mixed_bfloat16"])
     assert tool.build_parser().parse_args(["--xla"]).xla == "on"

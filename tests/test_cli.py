@@ -123,6 +123,9 @@ def test_bad_input_gives_one_clear_line(tmp_path, tiny_run):
     latest.write_bytes(data[: len(data) // 2])
     corrupt = error_line(tool("train", "-n", "c", *TINY, "-e", "5", "-l", "--out", tmp_path))
     assert "latest.npz" in corrupt and "corrupt" in corrupt
+    latest.write_bytes(os.urandom(len(data)))   # not even a zip: named as such, not numpy's pickle advice
+    foreign = error_line(tool("train", "-n", "c", *TINY, "-e", "5", "-l", "--out", tmp_path))
+    assert "latest.npz" in foreign and "not a NumPy" in foreign and "allow_pickle" not in foreign
 
     mismatch = error_line(tool("train", "-n", "m", "-d", FIXTURES / "somtambe_chair_32_small.npz",
                                "--resolution", "64", "--out", tmp_path))

@@ -126,6 +126,26 @@ def test_resume_continues_exactly(tmp_path):
     assert len(a["history/d_loss"]) == 4 * 4   # 32 grids / batch 8 = 4 steps per epoch
 
 
+def test_bad_settings_fail_before_any_data_is_read(tmp_path):
+    for kw, words in ((dict(width=-1.0), "width must be a positive number"),
+                      (dict(resolution=7), "resolution must be a power of two"),
+                      (dict(cpu_devices=-1), "--cpu-devices must be >= 0"),
+                      (dict(keep=-1), "--keep must be >= 0")):
+        with pytest.raises(Tf3dganError, match=words):
+            fit(tiny_config(tmp_path, data=str(tmp_path / "not_read"), epochs=1, **kw))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_resumed_run_keeps_its_model(tmp_path):
+    fit(tiny_config(tmp_path, epochs=1))
+    with pytest.raises(Tf3dganError, match=r"--width 0.25 does not match the run being resumed .*width 0.125"):
+        fit(tiny_config(tmp_path, epochs=2, load=True, width=0.25))
+    run = fit(tiny_config(tmp_path, epochs=2, load=True, width=1.0))   # the flag left at its default: the saved model
+    config = runs.read_config(run)
+    assert config["model"]["width"] == config["settings"]["width"] == 0.125
+    assert config["settings"]["output_activation"] == config["model"]["output_activation"]
+
+
 def test_resume_from_an_earlier_epoch_truncates_history(tmp_path):
     run = fit(tiny_config(tmp_path, epochs=3))
     ckpt2, _ = runs.load_checkpoint(runs.checkpoint_path(run, 2))

@@ -38,7 +38,7 @@ import numpy as np
 
 from . import binvox, synthetic
 from .atomic import atomic_path
-from .errors import DataError
+from .errors import DataError, numpy_load_reason
 
 CACHE_NAME = "tf3dgan_voxels.npz"
 VOXEL_SUFFIXES = (".raw", ".binvox", ".npy", ".npz")
@@ -354,7 +354,7 @@ def _single_grid_part(path: Path, grid: np.ndarray) -> _Part:
 
 
 def _read_error(path: Path, exc: Exception) -> DataError:
-    return DataError(_one_line(f"{path}: cannot read voxel array ({type(exc).__name__}: {exc})"))
+    return DataError(_one_line(f"{path}: cannot read voxel array ({numpy_load_reason(exc)})"))
 
 
 def _npy_part(path: Path) -> _Part:

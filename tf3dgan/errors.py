@@ -15,3 +15,16 @@ class DataError(Tf3dganError):
 
 class CheckpointError(Tf3dganError):
     """A checkpoint that is missing, corrupt or does not fit the run."""
+
+
+def numpy_load_reason(exc: Exception) -> str:
+    """Why ``np.load(..., allow_pickle=False)`` failed, in words for a user.
+
+    NumPy takes any file without the .npy/.npz signature for a pickle and says "load it
+    unsafely with allow_pickle" — the wrong advice for a damaged or foreign file."""
+    text = str(exc)
+    if isinstance(exc, ValueError) and "contains pickled" in text:
+        return "not a NumPy .npy/.npz file (no NumPy or zip signature: damaged, or another kind of file)"
+    if isinstance(exc, ValueError) and "Object arrays" in text:
+        return "holds an array of Python objects, not numbers (refused: loading it would run pickle)"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -107,6 +107,24 @@ def lr_at(schedule, epoch: int) -> tuple[float, float]:
     return g, d
 
 
+# ---------------------------------------------------------------------- resuming
+_MODEL_FLAGS = {"arch": "--arch", "width": "--width", "resolution": "--resolution",
+                "output_activation": "--output-activation"}
+
+
+def _keep_saved_model(cfg: TrainConfig, model: dict, run_dir) -> None:
+    """A resumed run keeps the model it was made with: a model flag set to something other than
+    its default and other than the saved value is an error (rather than silently ignored); the
+    others take the saved values, so ``config.json``'s settings describe the model trained."""
+    defaults = TrainConfig()
+    for key, flag in _MODEL_FLAGS.items():
+        given, kept = getattr(cfg, key), model.get(key)
+        if given is not None and given != getattr(defaults, key) and given != kept:
+            raise Tf3dganError(f"{flag} {given} does not match the run being resumed ({run_dir}: {key} {kept}); "
+                               f"a resumed run keeps its model: drop {flag} or start a new run with another -n")
+        setattr(cfg, key, kept)
+
+
 # ---------------------------------------------------------------------- signals
 class _StopRequest:
     """SIGINT/SIGTERM set a flag; the loop finishes the current call, saves, and exits 0.
@@ -153,6 +171,15 @@ class _Run:
         self.cfg, self.backend = cfg, backend
         if cfg.load_epoch is not None:
             cfg.load = True
+        for flag, value in (("--cpu-devices", cfg.cpu_devices), ("--keep", cfg.keep)):
+            if value < 0:
+                raise Tf3dganError(f"{flag} must be >= 0 (0: {'no split' if flag == '--cpu-devices' else 'keep all'}), "
+                                   f"got {value}")
+        if not cfg.load:   # the model flags, checked before any data is read (a resumed run has its own)
+            try:
+                make_spec(cfg.arch, cfg.width, cfg.resolution, cfg.output_activation)
+            except ValueError as e:
+                raise Tf3dganError(f"model settings: {e}") from None
         self.dir = runs.run_path(cfg.out, cfg.name)
         self.strategy, self.worker = self._make_strategy(), 0
         if self.strategy is not None and cfg.xla and backend == "tensorflow":
@@ -173,6 +200,8 @@ class _Run:
         checkpoint = self._find_checkpoint()
         saved = runs.read_config(self.dir) if cfg.load else None
         model_cfg = saved["model"] if saved else None
+        if model_cfg is not None:
+            _keep_saved_model(cfg, model_cfg, self.dir)
 
         want_res = model_cfg["resolution"] if model_cfg else cfg.resolution
         self.data = data_lib.load_dataset(cfg.data, resolution=want_res, seed=cfg.seed)

@@ -27,7 +27,7 @@ import numpy as np
 from .atomic import atomic_path
 from .binvox import read_binvox, read_raw
 from .data import as_batch
-from .errors import DataError, Tf3dganError
+from .errors import DataError, Tf3dganError, numpy_load_reason
 
 MESH_KINDS = ("cubes", "faces", "marching-cubes")
 FORMATS = ("obj", "stl", "ply", "glb")
@@ -55,7 +55,7 @@ def load_grids(path: str | os.PathLike) -> np.ndarray:
     try:
         a = np.load(p, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise DataError(f"{name}: not a readable .npy array ({exc})") from exc
+        raise DataError(f"{name}: not a readable .npy array ({numpy_load_reason(exc)})") from exc
     if not isinstance(a, np.ndarray) or not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
         raise DataError(f"{name}: holds a {getattr(a, 'dtype', type(a))} array, expected numbers")
     a = as_batch(a, name, cubic=False)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path, write_text
-from .errors import CheckpointError, Tf3dganError
+from .errors import CheckpointError, Tf3dganError, numpy_load_reason
 
 CONFIG_NAME = "config.json"
 CHECKPOINT_DIR = "checkpoints"
@@ -131,7 +131,7 @@ def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     except KeyError:
         raise CheckpointError(f"{path}: not a tf3dgan checkpoint (no metadata entry)") from None
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({numpy_load_reason(e)})") from None
     return arrays, meta
 
 

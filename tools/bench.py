@@ -73,6 +73,14 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error(f"{name} must be >= {low}")
     if args.peak_tflops is not None and not args.peak_tflops > 0:
         p.error("--peak-tflops must be positive")
+    if args.profile is not None and os.path.exists(args.profile) and not os.path.isdir(args.profile):
+        p.error(f"--profile {args.profile}: exists and is not a folder")
+    backends = dict.fromkeys(args.backend)
+    configs = (sum(len(_XLA[args.xla]) if b == "tf" else 1 for b in backends) * len(args.batch) * len(args.precision)
+               * len(args.steps_per_call) * len(dict.fromkeys(args.conv_transpose)))
+    if args.compare and configs < 2:
+        p.error("--compare needs at least two configurations (several -b, --precision, --steps-per-call, "
+                "--conv-transpose or --backend values, or --xla both)")
 
 
 def _child_args(args: argparse.Namespace, backend: str) -> list[str]:
