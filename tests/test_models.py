@@ -521,6 +521,7 @@ JAX_SCRIPT = textwrap.dedent(r"""
             return jax.jit(jax.grad(weighted_sum))([v.value for v in model.trainable_variables])
 
         want, got = gradients(g), gradients(g_phase)
+        assert len(want) == len(got) == len(g.trainable_variables)
         scale = max(float(np.max(np.abs(w))) for w in want)
         for w, h in zip(want, got):
             # a bias that BatchNorm cancels has a zero gradient up to rounding: tolerance on the global scale

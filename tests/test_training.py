@@ -132,18 +132,22 @@ def test_bad_settings_fail_before_any_data_is_read(tmp_path):
                       (dict(cpu_devices=-1), "--cpu-devices must be >= 0"),
                       (dict(keep=-1), "--keep must be >= 0")):
         with pytest.raises(Tf3dganError, match=words):
-            fit(tiny_config(tmp_path, data=str(tmp_path / "not_read"), epochs=1, **kw))
-    assert not (tmp_path / "run").exists()
+            fit(tiny_config(tmp_path, data=str(tmp_path / "not_read"), epochs=1, **kw))   # (read: "does not exist")
 
 
 def test_a_resumed_run_keeps_its_model(tmp_path):
     fit(tiny_config(tmp_path, epochs=1))
     with pytest.raises(Tf3dganError, match=r"--width 0.25 does not match the run being resumed .*width 0.125"):
         fit(tiny_config(tmp_path, epochs=2, load=True, width=0.25))
-    run = fit(tiny_config(tmp_path, epochs=2, load=True, width=1.0))   # the flag left at its default: the saved model
+    with pytest.raises(Tf3dganError, match=r"--arch 3dgan32 does not match .*arch rasgan64"):
+        fit(tiny_config(tmp_path, epochs=2, load=True, arch="3dgan32"))
+    run = fit(tiny_config(tmp_path, epochs=2, load=True, width=None))   # flags left out: the saved model
     config = runs.read_config(run)
     assert config["model"]["width"] == config["settings"]["width"] == 0.125
+    assert config["settings"]["arch"] == "rasgan64" and config["settings"]["resolution"] == 8
     assert config["settings"]["output_activation"] == config["model"]["output_activation"]
+    run = fit(tiny_config(tmp_path, epochs=3, load=True, arch="rasgan64"))   # the same values given: fine
+    assert runs.read_config(run)["settings"]["epochs"] == 3
 
 
 def test_resume_from_an_earlier_epoch_truncates_history(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 
 from tf3dgan import binvox, data
 from tf3dgan import voxelize as V
-from tf3dgan.errors import DataError
+from tf3dgan.errors import DataError, Tf3dganError
 
 from _cli import FIXTURES, tool
 
@@ -357,6 +357,9 @@ def test_check_voxelizer_library_reports_unreadable_meshes(tmp_path):
     assert rel == "table_0151" and value >= 0.98
     assert len(result.failures) == 1 and "broken.off" in result.failures[0]   # one line, not skipped silently
     assert "table_0151" in format_table(result.rows).splitlines()[1]
+    (tmp_path / "table_0151.off").unlink()            # only the unreadable mesh has a reference now
+    with pytest.raises(Tf3dganError, match=r"none of the 1 mesh file\(s\) with references .*broken\.off"):
+        check_voxelizer(tmp_path, tmp_path)
 
 
 def test_convert_tree_cache_method_note(tmp_path):

@@ -23,8 +23,8 @@ def numpy_load_reason(exc: Exception) -> str:
     NumPy takes any file without the .npy/.npz signature for a pickle and says "load it
     unsafely with allow_pickle" — the wrong advice for a damaged or foreign file."""
     text = str(exc)
-    if isinstance(exc, ValueError) and "contains pickled" in text:
-        return "not a NumPy .npy/.npz file (no NumPy or zip signature: damaged, or another kind of file)"
-    if isinstance(exc, ValueError) and "Object arrays" in text:
+    if isinstance(exc, ValueError) and ("Object arrays" in text or "Python objects" in text):
         return "holds an array of Python objects, not numbers (refused: loading it would run pickle)"
+    if isinstance(exc, ValueError) and "pickled" in text:   # NumPy 2: "contains pickled", 1.x: "containing pickled"
+        return "not a NumPy .npy/.npz file (no NumPy or zip signature: damaged, or another kind of file)"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -45,13 +45,13 @@ class TrainConfig:
     load_epoch: int | None = None
     glr: float = 0.002
     dlr: float = 0.00005
-    arch: str = "rasgan64"
+    arch: str | None = None              # None: rasgan64 for a new run, the saved one for a resumed run
     loss: str = "rasgan"
     d_rule: str | None = None
     precision: str | None = None
     lr_schedule: str | None = None
     seed: int = 0
-    width: float = 1.0
+    width: float | None = None           # None: 1.0 for a new run, the saved one for a resumed run
     resolution: int | None = None
     output_activation: str | None = None
     xla: bool = False
@@ -112,17 +112,19 @@ _MODEL_FLAGS = {"arch": "--arch", "width": "--width", "resolution": "--resolutio
                 "output_activation": "--output-activation"}
 
 
+def _new_model_flags(cfg: TrainConfig) -> tuple[str, float]:
+    """``(arch, width)`` of a new run: the flags, or their defaults where not given."""
+    return cfg.arch or "rasgan64", 1.0 if cfg.width is None else cfg.width
+
+
 def _keep_saved_model(cfg: TrainConfig, model: dict, run_dir) -> None:
-    """A resumed run keeps the model it was made with: a model flag set to something other than
-    its default and other than the saved value is an error (rather than silently ignored); the
-    others take the saved values, so ``config.json``'s settings describe the model trained."""
-    defaults = TrainConfig()
+    """A resumed run keeps the model it was made with: a model flag given (not ``None``) with
+    another value than the saved one is an error, rather than silently ignored."""
     for key, flag in _MODEL_FLAGS.items():
         given, kept = getattr(cfg, key), model.get(key)
-        if given is not None and given != getattr(defaults, key) and given != kept:
+        if given is not None and given != kept:
             raise Tf3dganError(f"{flag} {given} does not match the run being resumed ({run_dir}: {key} {kept}); "
                                f"a resumed run keeps its model: drop {flag} or start a new run with another -n")
-        setattr(cfg, key, kept)
 
 
 # ---------------------------------------------------------------------- signals
@@ -177,7 +179,7 @@ class _Run:
                                    f"got {value}")
         if not cfg.load:   # the model flags, checked before any data is read (a resumed run has its own)
             try:
-                make_spec(cfg.arch, cfg.width, cfg.resolution, cfg.output_activation)
+                make_spec(*_new_model_flags(cfg), cfg.resolution, cfg.output_activation)
             except ValueError as e:
                 raise Tf3dganError(f"model settings: {e}") from None
         self.dir = runs.run_path(cfg.out, cfg.name)
@@ -208,8 +210,10 @@ class _Run:
         self.val = (data_lib.load_dataset(cfg.validation_data, resolution=self.data.dim, seed=cfg.seed + 1)
                     if cfg.validation_data else None)
         if model_cfg is None:
-            model_cfg = make_spec(cfg.arch, cfg.width, self.data.dim, cfg.output_activation).to_dict()
+            model_cfg = make_spec(*_new_model_flags(cfg), self.data.dim, cfg.output_activation).to_dict()
         self.spec = model_cfg
+        for key in _MODEL_FLAGS:   # config.json's settings name the model trained
+            setattr(cfg, key, model_cfg[key])
         batch = cfg.batchsize
         if batch > len(self.data):
             print(f"warning: batch size {batch} is larger than the {len(self.data)} training grids in "
@@ -316,7 +320,7 @@ class _Run:
         cfg, trainer = self.cfg, self.trainer
         steps = trainer.steps_per_epoch
         print(f"training {self.dir}: {len(self.data)} grids of {self.data.dim}³ from {self.data.source}, "
-              f"{cfg.arch if not cfg.load else self.spec['arch']} width {self.spec['width']}, batch {self.batch}, "
+              f"{self.spec['arch']} width {self.spec['width']}, batch {self.batch}, "
               f"{steps} steps/epoch, {self.precision}, loss {trainer.objective.name}, D rule {trainer.d_rule}"
               + (f", {self.replicas} replicas ({type(self.strategy).__name__}"
                  f"{', synchronized BatchNorm' if self.cfg.sync_bn else ''})" if self.strategy is not None else ""))

@@ -66,7 +66,8 @@ def check_voxelizer(ref_dir, mesh_dir, methods=None,
     """Voxelize every mesh under ``mesh_dir`` that has references under ``ref_dir`` as each
     reference says (``methods``: only these) and take the IoU with it.  ``on_file(iou, label,
     rel)`` is called per comparison.  A missing folder, or no mesh with a reference, is a
-    ``Tf3dganError``; an unreadable mesh is one line in ``failures``."""
+    ``Tf3dganError``, and so is having only unreadable ones; an unreadable mesh is one line in
+    ``failures``."""
     ref_dir, mesh_dir = Path(ref_dir), Path(mesh_dir)
     for folder in (ref_dir, mesh_dir):
         if not folder.is_dir():
@@ -89,6 +90,9 @@ def check_voxelizer(ref_dir, mesh_dir, methods=None,
                     on_file(value, key, rel)
         except DataError as exc:
             failures.append(str(exc))
+    if not rows and failures:
+        raise Tf3dganError(f"none of the {len(failures)} mesh file(s) with references under '{mesh_dir}' could be "
+                           f"read; the first: {failures[0]}")
     if not rows:
         raise Tf3dganError(f"no mesh under '{mesh_dir}' has a reference file under '{ref_dir}' "
                            "(X.win126.raw, X.raw, X.binvox or X.dD[_e][_cb].binvox beside the same relative path)")

@@ -80,7 +80,7 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                * len(args.steps_per_call) * len(dict.fromkeys(args.conv_transpose)))
     if args.compare and configs < 2:
         p.error("--compare needs at least two configurations (several -b, --precision, --steps-per-call, "
-                "--conv-transpose or --backend values, or --xla both)")
+                "--conv-transpose or --backend values, or --xla both on the tf backend)")
 
 
 def _child_args(args: argparse.Namespace, backend: str) -> list[str]:

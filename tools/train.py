@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-glr", "--generator_learning_rate", dest="glr", type=float, default=D.glr, help="generator learning rate")
     p.add_argument("-dlr", "--discriminator_learning_rate", dest="dlr", type=float, default=D.dlr,
                    help="discriminator learning rate")
-    p.add_argument("--arch", default=D.arch, choices=["rasgan64", "3dgan32"], help="network architecture")
+    p.add_argument("--arch", default=None, choices=["rasgan64", "3dgan32"],
+                   help="network architecture [default: rasgan64; a resumed run keeps its own]")
     p.add_argument("--loss", default=D.loss, choices=["rasgan", "rsgan", "minimax", "sgan", "wgan-gp"], help="GAN objective")
     p.add_argument("--d-rule", default=None, choices=["ratio", "accuracy", "always"],
                    help="when to train D: ratio (2*D_smooth > G_smooth, the RaSGAN seed), accuracy (D accuracy <= 0.8, "
@@ -47,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per-epoch learning rates 'EPOCH:GLR/DLR,...' (e.g. the seed's chair run "
                         "'0:0.002/0.00005,300:0.005/0.00005,1200:0.007/0.00003,1600:0.008/0.00001') or a JSON file")
     p.add_argument("--seed", type=int, default=D.seed, help="seed of everything random")
-    p.add_argument("--width", type=float, default=D.width, help="channel-width multiplier (e.g. 0.25 for CPU demos)")
+    p.add_argument("--width", type=float, default=None,
+                   help="channel-width multiplier, e.g. 0.25 for CPU demos [default: 1; a resumed run keeps its own]")
     p.add_argument("--resolution", type=int, default=None, help="grid size [default: the data's]")
     p.add_argument("--output-activation", default=None, choices=["linear", "sigmoid"],
                    help="generator output [default: linear for rasgan64 (as the seed), sigmoid for 3dgan32]")
