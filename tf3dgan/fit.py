@@ -173,10 +173,10 @@ class _Run:
         self.cfg, self.backend = cfg, backend
         if cfg.load_epoch is not None:
             cfg.load = True
-        for flag, value in (("--cpu-devices", cfg.cpu_devices), ("--keep", cfg.keep)):
-            if value < 0:
-                raise Tf3dganError(f"{flag} must be >= 0 (0: {'no split' if flag == '--cpu-devices' else 'keep all'}), "
-                                   f"got {value}")
+        if cfg.cpu_devices < 0:
+            raise Tf3dganError(f"--cpu-devices must be >= 0 (0: no split), got {cfg.cpu_devices}")
+        if cfg.keep < 0:
+            raise Tf3dganError(f"--keep must be >= 0 (0: keep all), got {cfg.keep}")
         if not cfg.load:   # the model flags, checked before any data is read (a resumed run has its own)
             try:
                 make_spec(*_new_model_flags(cfg), cfg.resolution, cfg.output_activation)

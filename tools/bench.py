@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -75,9 +76,7 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--peak-tflops must be positive")
     if args.profile is not None and os.path.exists(args.profile) and not os.path.isdir(args.profile):
         p.error(f"--profile {args.profile}: exists and is not a folder")
-    backends = dict.fromkeys(args.backend)
-    configs = (sum(len(_XLA[args.xla]) if b == "tf" else 1 for b in backends) * len(args.batch) * len(args.precision)
-               * len(args.steps_per_call) * len(dict.fromkeys(args.conv_transpose)))
+    configs = sum(math.prod(map(len, _axes(args, backend).values())) for backend in dict.fromkeys(args.backend))
     if args.compare and configs < 2:
         p.error("--compare needs at least two configurations (several -b, --precision, --steps-per-call, "
                 "--conv-transpose or --backend values, or --xla both on the tf backend)")
@@ -112,6 +111,12 @@ def _in_child(args: argparse.Namespace, backend: str):
         raise Tf3dganError(f"the {backend} benchmark (KERAS_BACKEND={_KERAS_NAME[backend]}) failed: {last[0]}")
 
 
+def _axes(args: argparse.Namespace, backend: str) -> dict[str, list]:
+    """The values each configuration axis takes on ``backend`` (what ``_configs`` runs and ``_check`` counts)."""
+    return {"steps_per_call": args.steps_per_call, "conv_transpose": list(dict.fromkeys(args.conv_transpose)),
+            "batch": args.batch, "precision": args.precision, "xla": _XLA[args.xla] if backend == "tf" else [False]}
+
+
 def _configs(args: argparse.Namespace):
     from tf3dgan.benchmark import bench_grid
 
@@ -120,10 +125,10 @@ def _configs(args: argparse.Namespace):
         if backend != here:
             yield from _in_child(args, backend)
             continue
-        xlas = _XLA[args.xla] if backend == "tf" else [False]
-        for spc in args.steps_per_call:
-            for conv_t in dict.fromkeys(args.conv_transpose):
-                yield from bench_grid(args.batch, args.precision, xlas, arch=args.arch, steps_per_call=spc,
+        axes = _axes(args, backend)
+        for spc in axes["steps_per_call"]:
+            for conv_t in axes["conv_transpose"]:
+                yield from bench_grid(axes["batch"], axes["precision"], axes["xla"], arch=args.arch, steps_per_call=spc,
                                       width=args.width, resolution=args.resolution, steps=args.steps,
                                       warmup=args.warmup, loss=args.loss, peak_tflops=args.peak_tflops,
                                       seed=args.seed, conv_transpose=conv_t, profile_dir=args.profile,
