@@ -11,6 +11,10 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from .errors import write_error
+
+TEMP_PREFIX = "."   # temporary files are hidden: ".<stem>-<random><suffix>"
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
@@ -18,13 +22,18 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
 
     ``suffix`` defaults to the target's own suffix(es), so writers that look at the
     extension (``np.save``, ``savefig``, Keras ``save_weights``) behave as for the target.
-    On an exception the temporary file is removed and the target is left untouched.
+    On an exception the temporary file is removed and the target is left untouched; a
+    read-only location, a missing permission or a full disk becomes one
+    :class:`~tf3dgan.errors.WriteError` line naming ``path`` (and the free space).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem.split('.')[0]}-", suffix=suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=suffix, dir=path.parent)
+    except OSError as e:
+        raise write_error(path, e) from None
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; give the file the usual permissions
     tmp_path = Path(tmp)
@@ -33,10 +42,30 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as e:
+        with contextlib.suppress(OSError):
             tmp_path.unlink()
+        if isinstance(e, OSError) and e.errno is not None:
+            raise write_error(path, e) from None
         raise
+
+
+def temp_prefix(path: str | os.PathLike) -> str:
+    """The name start of ``path``'s temporary files (see :func:`stale_temps`)."""
+    return f"{TEMP_PREFIX}{Path(path).stem.split('.')[0]}-"
+
+
+def stale_temps(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Temporary files that :func:`atomic_path` left in ``folder`` when its process was killed
+    mid-write: hidden files named ``.<stem>-XXXXXXXX<suffix>`` (mkstemp's 8 random characters)."""
+    import re
+
+    pattern = re.compile(r"^\.[^/]*-[A-Za-z0-9_]{8}(\.[A-Za-z0-9]+)*$")
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = folder.rglob(".*") if recursive else folder.glob(".*")
+    return sorted(p for p in found if p.is_file() and pattern.match(p.name))
 
 
 def _umask() -> int:

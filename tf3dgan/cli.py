@@ -1,12 +1,31 @@
 """Shared plumbing of the command-line tools: quiet TensorFlow start-up and one-line errors."""
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 import tempfile
 from typing import Callable
 
 from .errors import Tf3dganError
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` with each flag's default, said once and only where it means something.
+
+    argparse's own formatter appends ``(default: ...)`` to every flag: ``(default: True)`` for a
+    ``--no-X`` switch (whose *destination* defaults to True), ``(default: False)`` for an on/off
+    switch, and a second default after a help text that already states one in ``[default: ...]``.
+    This one leaves those out and shows the default only for flags that take a value."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (action.nargs == 0                      # store_true / store_false / count switches
+                or "[default" in text or "(default" in text
+                or action.default is None or action.default is argparse.SUPPRESS
+                or action.default == ""):
+            return text
+        return super()._get_help_string(action)
 
 
 def quiet_tensorflow() -> None:

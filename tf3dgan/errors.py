@@ -17,6 +17,39 @@ class CheckpointError(Tf3dganError):
     """A checkpoint that is missing, corrupt or does not fit the run."""
 
 
+class WriteError(Tf3dganError):
+    """An output that cannot be written: read-only location, no permission, full disk."""
+
+
+def write_error(path, exc: OSError) -> WriteError:
+    """One line for a failed write of ``path``: what the system said, and the free space where it matters."""
+    import errno
+    import shutil
+    from pathlib import Path
+
+    path = Path(path)
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        folder = next((p for p in (path.parent, *path.parents) if p.exists()), None)
+        try:
+            free = shutil.disk_usage(folder).free if folder is not None else None
+        except OSError:
+            free = None
+        where = "" if free is None else f" ({_size(free)} free on that disk)"
+        return WriteError(f"cannot write {path}: {reason}{where}; free some space and run again")
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return WriteError(f"cannot write {path}: {reason}; choose a writable location")
+    return WriteError(f"cannot write {path}: {reason}")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
 def numpy_load_reason(exc: Exception) -> str:
     """Why ``np.load(..., allow_pickle=False)`` failed, in words for a user.
 

@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 
-from tf3dgan.cli import import_tensorflow_quietly, keras_backend, run_tool
+from tf3dgan.cli import HelpFormatter, import_tensorflow_quietly, keras_backend, run_tool
 
 import_tensorflow_quietly(required=keras_backend() == "tensorflow")   # before Keras loads TensorFlow noisily
 
@@ -31,7 +31,7 @@ _KERAS_NAME = {short: name for name, short in BACKENDS.items()}
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Benchmark the compiled GAN train step (median time of single calls, "
-                                            "analytic FLOP/s).", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                            "analytic FLOP/s).", formatter_class=HelpFormatter)
     p.add_argument("--backend", nargs="+", default=[BACKENDS.get(keras_backend(), "tf")], choices=list(_KERAS_NAME),
                    help="Keras backend(s): tf (tf.function step) and/or jax (jax.jit step)")
     p.add_argument("--arch", default="rasgan64", choices=ARCHS, help="network architecture")

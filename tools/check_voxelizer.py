@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tf3dgan.cli import run_tool
+from tf3dgan.cli import HelpFormatter, run_tool
 from tf3dgan.voxel_check import check_voxelizer, format_table
 
 
@@ -25,7 +25,7 @@ def compare(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="IoU of the built-in voxelizer against binvox reference files.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("ref_dir", help="folder of reference voxel files (same relative paths as the meshes)")
     p.add_argument("mesh_dir", help="folder searched recursively for meshes")
     p.add_argument("--methods", nargs="+", choices=["binvox-win", "binvox", "surface"], default=None,

@@ -15,14 +15,14 @@ import argparse
 import sys
 import time
 
-from tf3dgan.cli import run_tool
+from tf3dgan.cli import HelpFormatter, run_tool
 from tf3dgan.errors import Tf3dganError
 from tf3dgan.voxelize import DEFAULT_METHOD, DEFAULT_TIMEOUT, METHODS, OUTPUT_FORMATS, ConvertOptions, convert_tree
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Voxelize meshes (binvox conventions) and write the training dataset cache.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("-m", "--model_dir", required=True, help="folder searched recursively for .off (.obj/.stl/.ply) meshes")
     p.add_argument("-b", "--binvox_binary", default=None,
                    help="run this binvox program ([binary, -d, DIM, -t, raw, mesh]) instead of the built-in voxelizer")

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from tf3dgan.cli import run_tool
+from tf3dgan.cli import HelpFormatter, run_tool
 from tf3dgan.runs import sample_files
 from tf3dgan.errors import DataError, Tf3dganError
 from tf3dgan.mesh import load_grids
@@ -22,7 +22,7 @@ from tf3dgan.plots import COLORMAPS, DEFAULT_VIEW, STYLES, save_voxel_graph, sav
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Draw voxel grids (.npy/.raw/.binvox) as 3D graphs (PNG).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("-n", "--name", help="run name: draw every <out>/<name>/*.npy into <out>/<name>/3D_graphs/ "
                                           "(existing pictures are kept; --force redraws them)")

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from tf3dgan.cli import run_tool
+from tf3dgan.cli import HelpFormatter, run_tool
 from tf3dgan.runs import sample_files
 from tf3dgan.errors import DataError, Tf3dganError
 from tf3dgan.mesh import DEFAULT_SCALE, DEFAULT_THRESHOLD, FORMATS, MESH_KINDS, export_mesh, grid_to_mesh, load_grids
@@ -20,7 +20,7 @@ from tf3dgan.mesh import DEFAULT_SCALE, DEFAULT_THRESHOLD, FORMATS, MESH_KINDS, 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Convert voxel grids to meshes (OBJ by default).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("-n", "--name", help="run name: convert every <out>/<name>/*.npy into <out>/<name>/models/")
     src.add_argument("-f", "--file", help="convert one file (.npy, .raw or .binvox)")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tf3dgan.cli import run_tool
+from tf3dgan.cli import HelpFormatter, run_tool
 from tf3dgan.errors import Tf3dganError
 from tf3dgan.modelnet import DATASETS, Dataset, human_size, needs_download, prepare
 
@@ -21,7 +21,7 @@ MENU = {"1": "modelnet10", "2": "modelnet40-aligned"}
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Download ModelNet10 or the manually aligned ModelNet40, check the "
                                             "archive and unpack it (resumable, atomic; asks when run with no flags).",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--dataset", choices=list(DATASETS), default=None,
                    help="which dataset [default: ask; required when not run in a terminal]")
     p.add_argument("-y", "--yes", action="store_true", help="download without asking to confirm the size")

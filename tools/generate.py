@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from tf3dgan.cli import import_tensorflow_quietly, run_tool
+from tf3dgan.cli import HelpFormatter, import_tensorflow_quietly, run_tool
 from tf3dgan.errors import Tf3dganError
 
 
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     from tf3dgan.sampling import INTERPOLATIONS
 
     p = argparse.ArgumentParser(description="Generate voxel shapes with a trained generator.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("-n", "--name", default=None, help="run name (reads <out>/<name>/config.json and its weights)")
     p.add_argument("-le", "--load_epoch", type=int, default=None,
                    help="use the checkpoint of this epoch [default: the run's newest state]")

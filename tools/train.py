@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tf3dgan.cli import run_tool
+from tf3dgan.cli import HelpFormatter, run_tool
 from tf3dgan.fit import TrainConfig, fit
 
 D = TrainConfig()
@@ -16,7 +16,7 @@ D = TrainConfig()
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Train a 3D voxel GAN (64-3D-RaSGAN / 3D-GAN) on voxel grids.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("-n", "--name", default=D.name, help="name of the run: outputs go to <out>/<name>/")
     p.add_argument("-d", "--data", default=D.data,
                    help="training voxels: a folder (searched recursively for .raw/.binvox/.npy/.npz), a file, "
