@@ -43,7 +43,7 @@ RESULT_KEYS = ("backend", "arch", "batch", "precision", "xla", "steps_per_call",
                "warmup_calls", "trace_count", "device", "tf_version", "jax_version", "keras_version",
                "loadavg_before", "loadavg_after")
 #: ``backend`` values: Keras' backend names, shortened
-BACKENDS = {"tensorflow": "tf", "jax": "jax"}
+from .choices import BACKENDS  # noqa: E402,F401
 
 # ---------------------------------------------------------------------------------------- FLOPs
 

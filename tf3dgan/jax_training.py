@@ -68,7 +68,7 @@ def tune_for_device() -> None:
     """Nothing to tune under JAX (kept for the same interface as ``training.tune_for_device``)."""
 
 
-STRATEGIES = ("auto", "one", "mirrored")
+from .choices import JAX_STRATEGIES as STRATEGIES  # noqa: E402
 
 
 def split_cpu(n: int) -> None:

@@ -43,7 +43,7 @@ from keras import layers
 from .phase_conv import IMPLEMENTATIONS, PhaseConv3DTranspose
 
 LATENT_DIM = 200
-ARCHS = ("rasgan64", "3dgan32")
+from .choices import ARCHS  # noqa: E402  (the names, dependency-free for the tools)
 _NATIVE_RESOLUTION = {"rasgan64": 64, "3dgan32": 32}
 _DEFAULT_OUTPUT = {"rasgan64": "linear", "3dgan32": "sigmoid"}
 _BN = dict(momentum=0.9, epsilon=1e-5)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-IMPLEMENTATIONS = ("native", "phase")
+from .choices import IMPLEMENTATIONS  # noqa: E402,F401
 
 
 def phase_supported(layer) -> bool:

@@ -22,7 +22,7 @@ COLORMAPS = ("copper", "viridis", "plasma", "winter", "cool", "ocean", "inferno"
 SAVGOL_WINDOW = 51
 SAVGOL_ORDER = 3
 #: 3D graph styles: the seed's scatter of surface voxels, or a shaded NumPy render of the voxel faces
-STYLES = ("scatter", "shaded")
+from .choices import GRAPH_STYLES as STYLES  # noqa: E402
 #: (azimuth, elevation) in degrees: matplotlib's default 3D view
 DEFAULT_VIEW = (-60.0, 30.0)
 

@@ -13,8 +13,7 @@ import numpy as np
 from . import losses
 from .errors import CheckpointError
 
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-D_RULES = ("ratio", "accuracy", "always")
+from .choices import D_RULES, PRECISIONS  # noqa: F401  (re-exported)
 METRICS = ("d_loss", "g_loss", "val_loss", "d_trained", "ratio", "d_accuracy", "loss_scale")
 
 

@@ -67,7 +67,7 @@ def tune_for_device() -> None:
         tf.config.optimizer.set_experimental_options({"remapping": False})
 
 
-STRATEGIES = ("auto", "one", "mirrored", "multiworker")
+from .choices import STRATEGIES  # noqa: E402
 
 
 def make_strategy(name: str):
