@@ -4,6 +4,7 @@ The archives are built here from three real ModelNet10 meshes (tests/fixtures/do
 """
 from __future__ import annotations
 
+import errno
 import http.server
 import io
 import os
@@ -21,7 +22,7 @@ import pytest
 
 from _cli import FIXTURES, REPO, error_line, tool, tool_env
 from tf3dgan import modelnet
-from tf3dgan.errors import Tf3dganError
+from tf3dgan.errors import Tf3dganError, WriteError
 from tf3dgan.modelnet import ArchiveError, DownloadError
 
 MESHES = {  # path in the archive -> fixture file (byte copies of shared/data/modelnet_sample)
@@ -394,3 +395,244 @@ def test_interactive_flow(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(download_data, "prepare", lambda ds, *a, **k: modelnet.Result(ds, dest / ds.folder, True))
     assert download_data.main(["--dest", str(dest)]) == 0
     assert "ModelNet40 is already there" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------- refused archives, --url
+
+def test_refused_download_is_deleted_and_a_new_url_wins(server, tmp_path):
+    files = tree()
+    server.files["/evil.zip"] = _evil_zip("../evil.off")
+    server.files["/good.zip"] = make_zip(files)
+    dest = tmp_path / "d"
+    args = ("download_data", "--dataset", "modelnet10", "-y", "--no-progress", "--dest", dest)
+    line = error_line(tool(*args, "--url", server.url("/evil.zip"), timeout=60))
+    archive = dest / "ModelNet10.zip"
+    assert "refusing to extract" in line and "'..' path" in line and "nothing was extracted" in line
+    assert f"deleted {archive}: get the dataset from another source (--url" in line
+    assert no_stray_files(dest) == []                  # not left to be reused by the next run
+
+    proc = tool(*args, "--url", server.url("/good.zip"), timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert_tree(dest / "ModelNet10", files)
+    assert server.ranges == [None, None] and no_stray_files(dest) == ["ModelNet10"]
+
+
+def test_url_wins_over_a_leftover_archive(server, tmp_path):
+    """An archive left in --dest (an earlier --keep-archive, an older version of the tool) is not
+    used when --url is given; without --url it is, and when refused it is deleted."""
+    files = tree()
+    other = {"ModelNet10/README.txt": b"another dataset\n"}
+    server.files["/new.zip"] = make_zip(files)
+    dest = tmp_path / "d"
+    dest.mkdir()
+    archive = dest / "ModelNet10.zip"
+    archive.write_bytes(make_zip(other))
+    assert modelnet.needs_download(modelnet.DATASETS["modelnet10"], dest, server.url("/new.zip"))
+    logs = []
+    modelnet.prepare("modelnet10", dest, url=server.url("/new.zip"), progress=False, log=logs.append)
+    assert_tree(dest / "ModelNet10", files)               # the new URL's files, not the leftover's
+    assert any("not using" in m and str(archive) in m for m in logs)
+    assert no_stray_files(dest) == ["ModelNet10"]
+
+    dest2 = tmp_path / "d2"
+    dest2.mkdir()
+    (dest2 / "ModelNet10.zip").write_bytes(make_zip(other))
+    assert not modelnet.needs_download(modelnet.DATASETS["modelnet10"], dest2)
+    modelnet.prepare("modelnet10", dest2, log=lambda m: None)    # no --url: the leftover is used
+    assert_tree(dest2 / "ModelNet10", other)
+
+    dest3 = tmp_path / "d3"
+    dest3.mkdir()
+    (dest3 / "ModelNet10.zip").write_bytes(make_tar(tree(), [_tar_link("ModelNet10/l", tarfile.SYMTYPE, "/")]))
+    with pytest.raises(ArchiveError, match="symbolic link") as e:
+        modelnet.prepare("modelnet10", dest3, log=lambda m: None)
+    assert f"deleted {dest3 / 'ModelNet10.zip'}" in str(e.value) and "\n" not in str(e.value)
+    assert no_stray_files(dest3) == []
+
+
+def test_refused_local_archive_is_never_deleted(tmp_path):
+    mine = tmp_path / "mine" / "ModelNet10.zip"
+    mine.parent.mkdir()
+    evil = _evil_zip("/tmp/tf3dgan_evil.off")
+    mine.write_bytes(evil)
+    dest = tmp_path / "d"
+    for where in (str(mine), mine.as_uri()):
+        line = error_line(tool("download_data", "--dataset", "modelnet10", "--dest", dest, "--url", where,
+                               timeout=60))
+        assert "absolute path" in line and "deleted" not in line
+        assert mine.read_bytes() == evil and no_stray_files(dest) == []
+    # the user's archive is in --dest under the catalogue name: still theirs
+    dest.mkdir(exist_ok=True)
+    inside = dest / "ModelNet10.zip"
+    inside.write_bytes(mine.read_bytes())
+    with pytest.raises(ArchiveError, match="absolute path") as e:
+        modelnet.prepare("modelnet10", dest, url=str(inside), log=lambda m: None)
+    assert "deleted" not in str(e.value) and inside.exists()
+
+
+# ------------------------------------------------------------------------------------- Range replies
+
+def test_server_ignoring_range_says_it_restarts_from_zero(server, tmp_path):
+    files = tree()
+    data = make_zip(files)
+    server.files["/ModelNet10.zip"] = data
+    server.drop_after = 5000
+    dest = tmp_path / "d"
+    args = ("download_data", "--dataset", "modelnet10", "-y", "--no-progress", "--dest", dest,
+            "--url", server.url("/ModelNet10.zip"))
+    error_line(tool(*args, timeout=60))
+    assert (dest / "ModelNet10.zip.part").stat().st_size == 5000
+
+    server.ranges_ok = False                     # answers 200 (the whole file) to 'Range: bytes=5000-'
+    proc = tool(*args, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "ignored the range request 'bytes=5000-'" in proc.stdout and "restarting from byte 0" in proc.stdout
+    assert "resuming" not in proc.stdout
+    assert server.ranges[-1] == "bytes=5000-"
+    assert_tree(dest / "ModelNet10", files) and no_stray_files(dest) == ["ModelNet10"]
+
+
+def test_resume_and_restart_log_lines(server, tmp_path):
+    data = make_zip(tree())
+    server.files["/a.zip"] = data
+    part = tmp_path / "a.zip.part"
+    part.write_bytes(data[:1000])
+    logs = []
+    assert modelnet.download(server.url("/a.zip"), part, progress=False, log=logs.append) == len(data)
+    assert logs == [f"resuming {server.url('/a.zip')} at byte 1000 of {len(data)} (into {part})"]
+    assert part.read_bytes() == data
+
+    logs.clear()
+    assert modelnet.download(server.url("/a.zip"), part, progress=False, log=logs.append) == len(data)
+    assert logs == [f"{part} is already complete ({len(data)} bytes)"]
+
+    part.write_bytes(data + b"trailing junk")     # longer than the file: 416 with another total
+    logs.clear()
+    assert modelnet.download(server.url("/a.zip"), part, progress=False, log=logs.append) == len(data)
+    assert "restarting from byte 0" in logs[0] and logs[1].startswith("downloading ")
+    assert part.read_bytes() == data
+
+    part.write_bytes(data[:1000])
+    server.ranges_ok = False
+    logs.clear()
+    assert modelnet.download(server.url("/a.zip"), part, progress=False, log=logs.append) == len(data)
+    assert logs == [f"{server.url('/a.zip')}: the server ignored the range request 'bytes=1000-' (it sent the "
+                    f"whole file); restarting from byte 0 (the 1000 bytes in {part} from an earlier run are replaced)"]
+    assert "resuming" not in logs[0] and part.read_bytes() == data
+
+
+# ------------------------------------------------------------------------------------- full disk
+
+class _FullDisk:
+    """The .part file on a disk with room for ``room`` more bytes: then ENOSPC, as the kernel does
+    (the bytes that fit are written, so the file's size is not a multiple of anything sent)."""
+
+    def __init__(self, path, mode, room):
+        self.f, self.room = open(path, mode), room
+
+    def write(self, chunk):
+        n = min(len(chunk), self.room)
+        self.f.write(chunk[:n])
+        self.f.flush()
+        self.room -= n
+        if n < len(chunk):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return n
+
+    def close(self):
+        self.f.close()
+
+    @property
+    def closed(self):
+        return self.f.closed
+
+
+def test_full_disk_message_states_the_part_files_true_size(server, tmp_path, monkeypatch):
+    files = tree()
+    data = make_zip(files)
+    server.files["/m.zip"] = data
+    dest = tmp_path / "d"
+    part = dest / "ModelNet10.zip.part"
+    monkeypatch.setattr(modelnet, "_open_part", lambda path, mode: _FullDisk(path, mode, 7777))
+    with pytest.raises(WriteError) as e:
+        modelnet.prepare("modelnet10", dest, url=server.url("/m.zip"), progress=False, log=lambda m: None)
+    msg = str(e.value)
+    assert part.stat().st_size == 7777
+    assert msg.startswith(f"cannot write {part}: No space left on device (")
+    assert "free on that disk" in msg and f"holds 7777 of {len(data)} bytes" in msg and "resumes at byte 7777" in msg
+    assert "\n" not in msg and no_stray_files(dest) == ["ModelNet10.zip.part"]
+
+    # resuming on a disk that fills again: the count is the file's, not the bytes sent
+    monkeypatch.setattr(modelnet, "_open_part", lambda path, mode: _FullDisk(path, mode, 1234))
+    with pytest.raises(WriteError, match=f"holds {7777 + 1234} of {len(data)} bytes"):
+        modelnet.fetch([server.url("/m.zip"), server.url("/never.zip")], dest / "ModelNet10.zip",
+                       progress=False, log=lambda m: None)
+    assert part.stat().st_size == 7777 + 1234
+    assert server.ranges == [None, "bytes=7777-"]       # a full disk does not try the next mirror
+
+    monkeypatch.undo()
+    modelnet.prepare("modelnet10", dest, url=server.url("/m.zip"), progress=False, log=lambda m: None)
+    assert server.ranges[-1] == f"bytes={7777 + 1234}-"
+    assert_tree(dest / "ModelNet10", files)
+
+
+def _limited(limit: int):
+    def preexec():
+        import resource
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return preexec
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_FSIZE as a full disk: Linux")
+def test_cli_file_size_limit_is_one_true_line(server, tmp_path):
+    """A real short write (the kernel's RLIMIT_FSIZE; Python ignores SIGXFSZ): EFBIG part-way through a chunk."""
+    files = tree()
+    data = make_zip(files)
+    server.files["/m.zip"] = data
+    dest = tmp_path / "d"
+    cmd = [sys.executable, str(REPO / "tools" / "download_data.py"), "--dataset", "modelnet10", "-y",
+           "--dest", str(dest), "--url", server.url("/m.zip")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=REPO, env=tool_env(),
+                          preexec_fn=_limited(10_000))
+    line = error_line(proc)
+    part = dest / "ModelNet10.zip.part"
+    assert part.stat().st_size == 10_000
+    assert line == (f"error: cannot write {part}: File too large (it holds 10000 of {len(data)} bytes "
+                    "and is kept: the next run resumes at byte 10000)")
+
+    # extraction hitting the limit: the archive is fine, so it is kept (not called corrupt and deleted)
+    big = make_zip_deflated({**files, "ModelNet10/big.bin": bytes(200_000)})
+    assert len(big) < 30_000
+    server.files["/big.zip"] = big
+    dest2 = tmp_path / "d2"
+    cmd[cmd.index(str(dest))] = str(dest2)
+    cmd[-1] = server.url("/big.zip")
+    line = error_line(subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=REPO, env=tool_env(),
+                                     preexec_fn=_limited(50_000)))
+    assert "cannot write" in line and "big.bin: File too large" in line and "corrupt" not in line
+    assert f"while extracting {dest2 / 'ModelNet10.zip'}, which is kept" in line
+    assert no_stray_files(dest2) == ["ModelNet10.zip"]
+    proc = tool("download_data", "--dataset", "modelnet10", "--dest", dest2, timeout=60)   # reused, no download
+    assert proc.returncode == 0, proc.stderr
+    assert "using the archive already downloaded" in proc.stdout and len(server.ranges) == 2
+
+
+def make_zip_deflated(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_help_and_bad_flag_are_fast_and_import_no_tensorflow():
+    code = ("import sys, runpy; sys.argv = ['download_data.py', '--help']\n"
+            "try:\n    runpy.run_path('tools/download_data.py', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow imported'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO,
+                          env=tool_env())
+    assert proc.returncode == 0, proc.stderr
+    assert "--url" in proc.stdout
+    proc = tool("download_data", "--bogus", timeout=60)
+    assert proc.returncode == 2 and "unrecognized arguments: --bogus" in proc.stderr and "Traceback" not in proc.stderr

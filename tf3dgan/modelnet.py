@@ -3,19 +3,28 @@
 The flow of :func:`prepare`:
 
 1. if ``<dest>/<folder>`` already exists, nothing is done;
-2. the archive is fetched into ``<dest>/<archive>.part`` with HTTP ``Range`` requests, so an
+2. the archive is a local ``url`` (a path or ``file://``), else ``<dest>/<archive>`` left by an
+   earlier run when no ``url`` is given, else downloaded: a network ``url`` always wins over a
+   leftover archive, which the new download replaces;
+3. a download goes into ``<dest>/<archive>.part`` with HTTP ``Range`` requests, so an
    interrupted download resumes where it stopped (a ``206`` reply appends, a ``200`` reply to a
-   ranged request restarts from zero, a ``416`` reply means the file is complete); the size is
-   checked against the server's ``Content-Length`` / ``Content-Range`` total; once complete the
-   ``.part`` file is renamed to ``<dest>/<archive>``;
-3. the archive type is told by its magic bytes (zip, tar, gzip/bzip2/xz-compressed tar), never by
+   ranged request restarts from zero and the log says the server ignored the range, a ``416``
+   reply means the file is complete); the size is checked against the server's
+   ``Content-Length`` / ``Content-Range`` total; once complete the ``.part`` file is renamed to
+   ``<dest>/<archive>``.  A network problem keeps the ``.part`` file and tries the next mirror; a
+   full disk (or no permission) stops at once with one line naming the ``.part`` file, the free
+   space and the bytes it really holds;
+4. the archive type is told by its magic bytes (zip, tar, gzip/bzip2/xz-compressed tar), never by
    its name; every member is checked first, and an archive with a member that would land outside
    the destination (absolute path, ``..``, symbolic or hard link, device file, FIFO) is refused
-   with nothing extracted;
-4. the members are extracted into a temporary folder inside ``dest`` (a zip is ``testzip()``-ed
+   with nothing extracted; a refused archive (unknown type, corrupt, unsafe member) that was
+   downloaded is deleted, so no later run reuses it, and the error says so (a local ``url`` file
+   is left as it is);
+5. the members are extracted into a temporary folder inside ``dest`` (a zip is ``testzip()``-ed
    first, a tar is read in full by the extraction), which is then renamed to ``<dest>/<folder>``:
-   a failure at any point leaves no half folder behind;
-5. the downloaded archive is deleted unless ``keep_archive`` (a local ``--url`` file is never
+   a failure at any point leaves no half folder behind (when the disk fills up, the archive is kept
+   for the next run);
+6. the downloaded archive is deleted unless ``keep_archive`` (a local ``--url`` file is never
    deleted).
 
 Layout of the result: ``ModelNet10.zip`` holds a top folder ``ModelNet10/`` (classes below it).
@@ -46,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
-from .errors import Tf3dganError
+from .errors import Tf3dganError, WriteError, write_error
 
 CHUNK = 1 << 20
 USER_AGENT = "tf3dgan-download-data"
@@ -57,7 +66,15 @@ class DownloadError(Tf3dganError):
 
 
 class ArchiveError(Tf3dganError):
-    """An archive that is corrupt, of an unknown type, or has members that are refused."""
+    """An archive that is refused: corrupt, of an unknown type, or with members that are refused.
+
+    (A problem of the destination while extracting is a :class:`~tf3dgan.errors.WriteError`; one
+    reading the archive file is a plain :class:`~tf3dgan.errors.Tf3dganError`: the archive itself
+    may be fine.)"""
+
+
+class UnsafeArchiveError(ArchiveError):
+    """An archive refused for a member that would land outside the destination (or is a link or device)."""
 
 
 @dataclass(frozen=True)
@@ -127,20 +144,53 @@ _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _UNSATISFIED_RANGE = re.compile(r"bytes\s+\*/(\d+)")
 
 
+def _open_part(part: Path, mode: str):
+    """The ``.part`` file, opened for writing (one place, so the tests can fill the disk)."""
+    return open(part, mode)
+
+
+def _size_of(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _remove_part(part: Path) -> None:
+    try:
+        part.unlink()
+    except OSError as e:
+        raise write_error(part, e) from None
+
+
+def _part_write_error(part: Path, exc: OSError, total: int | None) -> WriteError:
+    """One line for a failed write of the ``.part`` file, with the byte count it really holds."""
+    size = _size_of(part)
+    return WriteError(f"{write_error(part, exc)} (it holds {size} of {total if total is not None else '?'} "
+                      f"bytes and is kept: the next run resumes at byte {size})")
+
+
 def download(url: str, part: str | os.PathLike, progress: bool | None = None, timeout: float = 60.0,
-             _restarted: bool = False) -> int:
+             log: Callable[[str], None] | None = None, _restarted: bool = False) -> int:
     """Fetch ``url`` into the file ``part``, resuming from its current size; return the total size.
 
-    Raises :class:`DownloadError` (one line) on any network error, HTTP error status or short
-    transfer; what arrived stays in ``part`` for the next try.
+    ``log`` (if given) gets one line saying what happens: a fresh download, a resume at byte N, or a
+    restart from byte 0 when the server ignores the range request (a ``200`` reply) or answers it
+    with another range.  Raises :class:`DownloadError` (one line) on any network error, HTTP error
+    status or short transfer, and :class:`~tf3dgan.errors.WriteError` when ``part`` cannot be
+    written (full disk, no permission); what arrived stays in ``part`` for the next try, and the
+    byte counts in the messages are the file's real size.
     """
     from tqdm import tqdm
 
+    say = log or (lambda msg: None)
     part = Path(part)
-    have = part.stat().st_size if part.exists() else 0
+    have = _size_of(part) if part.exists() else 0
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     if have:
         request.add_header("Range", f"bytes={have}-")
+    else:
+        say(f"downloading {url} to {part}")
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as e:
@@ -149,8 +199,11 @@ def download(url: str, part: str | os.PathLike, progress: bool | None = None, ti
             m = _UNSATISFIED_RANGE.match(e.headers.get("Content-Range", "") or "")
             e.close()
             if m and int(m.group(1)) != have and not _restarted:
-                part.unlink()       # longer than the file: not this file, start again
-                return download(url, part, progress, timeout, _restarted=True)
+                say(f"{part} ({have} bytes, from an earlier run) is longer than {url} ({m.group(1)} bytes): "
+                    "not this file; restarting from byte 0")
+                _remove_part(part)
+                return download(url, part, progress, timeout, log, _restarted=True)
+            say(f"{part} is already complete ({have} bytes)")
             return have
         e.close()
         raise DownloadError(f"could not download {url}: {_describe(e)}") from None
@@ -162,58 +215,83 @@ def download(url: str, part: str | os.PathLike, progress: bool | None = None, ti
         length = response.headers.get("Content-Length")
         length = int(length) if length and length.isdigit() else None
         if status == 206:
-            m = _CONTENT_RANGE.match(response.headers.get("Content-Range", "") or "")
+            got = response.headers.get("Content-Range")
+            m = _CONTENT_RANGE.match(got or "")
             if not m or int(m.group(1)) != have:
                 if _restarted:
                     raise DownloadError(f"could not download {url}: the server answered the range request "
-                                        f"'bytes={have}-' with the range '{response.headers.get('Content-Range')}'")
-                part.unlink()
-                return download(url, part, progress, timeout, _restarted=True)
+                                        f"'bytes={have}-' with the range '{got}'")
+                say(f"the server answered the range request 'bytes={have}-' with the range '{got}'; "
+                    f"restarting from byte 0 (into {part})")
+                _remove_part(part)
+                return download(url, part, progress, timeout, log, _restarted=True)
             total = int(m.group(3)) if m.group(3) != "*" else None
             start, mode = have, "ab"
+            say(f"resuming {url} at byte {have} of {total if total is not None else '?'} (into {part})")
         else:          # 200: the whole file, also when a range was asked for (the server ignores ranges)
             total, start, mode = length, 0, "wb"
-        done = start
+            if have:
+                say(f"{url}: the server ignored the range request 'bytes={have}-' (it sent the whole file); "
+                    f"restarting from byte 0 (the {have} bytes in {part} from an earlier run are replaced)")
         try:
-            with open(part, mode) as f, tqdm(total=total, initial=start, unit="B", unit_scale=True,
-                                             unit_divisor=1024, desc=part.name[:-len(".part")] or part.name,
-                                             disable=None if progress is None else not progress,
-                                             leave=False) as bar:
+            f = _open_part(part, mode)
+        except OSError as e:
+            raise _part_write_error(part, e, total) from None
+        failed: OSError | None = None           # the write that failed: a problem of the disk
+        broken: BaseException | None = None     # the read that failed: a problem of the network
+        try:
+            with tqdm(total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
+                      desc=part.name[:-len(".part")] or part.name,
+                      disable=None if progress is None else not progress, leave=False) as bar:
                 while True:
-                    chunk = response.read(CHUNK)
+                    try:
+                        chunk = response.read(CHUNK)
+                    except (OSError, http.client.HTTPException) as e:
+                        broken = e
+                        break
                     if not chunk:
                         break
-                    f.write(chunk)
-                    done += len(chunk)
+                    try:
+                        f.write(chunk)
+                    except OSError as e:
+                        failed = e
+                        break
                     bar.update(len(chunk))
-        except (OSError, http.client.HTTPException) as e:
-            raise DownloadError(f"download of {url} stopped after {done} of {total or '?'} bytes: "
-                                f"{_describe(e)} (the partial file {part} is kept; run again to resume)") from None
-    if total is not None and done != total:
-        raise DownloadError(f"download of {url} stopped after {done} of {total} bytes: connection closed early "
-                            f"(the partial file {part} is kept; run again to resume)")
-    return done
+        finally:
+            try:
+                f.close()
+            except OSError as e:                # the last buffered bytes did not fit
+                failed = failed or e
+    if failed is not None:
+        raise _part_write_error(part, failed, total)
+    size = _size_of(part)                       # what the file really holds, not what was sent
+    if broken is not None or (total is not None and size != total):
+        why = _describe(broken) if broken is not None else "connection closed early"
+        raise DownloadError(f"download of {url} stopped after {size} of {total if total is not None else '?'} "
+                            f"bytes: {why} (the partial file {part} is kept; run again to resume)")
+    return size
 
 
 def fetch(urls: Iterable[str], archive: str | os.PathLike, progress: bool | None = None, timeout: float = 60.0,
           log: Callable[[str], None] = print) -> Path:
-    """Download the first of ``urls`` that works to ``archive`` (through ``<archive>.part``)."""
+    """Download the first of ``urls`` that works to ``archive`` (through ``<archive>.part``).
+
+    A network problem moves on to the next URL; a write problem (full disk) stops at once."""
     archive = Path(archive)
     part = archive.with_name(archive.name + ".part")
     errors = []
     for url in urls:
-        if part.exists() and part.stat().st_size:
-            log(f"resuming {url} at byte {part.stat().st_size} (into {part})")
-        else:
-            log(f"downloading {url} to {part}")
         try:
-            download(url, part, progress=progress, timeout=timeout)
+            download(url, part, progress=progress, timeout=timeout, log=log)
         except DownloadError as e:
             errors.append(str(e))
             continue
-        os.replace(part, archive)
+        try:
+            os.replace(part, archive)
+        except OSError as e:
+            raise write_error(archive, e) from None
         return archive
-    kept = f"; the partial file {part} is kept, run again to resume" if part.exists() and part.stat().st_size else ""
+    kept = f"; the partial file {part} is kept, run again to resume" if _size_of(part) else ""
     if kept:
         errors = [e.split(" (the partial file")[0] for e in errors]
     raise DownloadError("; ".join(errors) + kept)
@@ -287,7 +365,8 @@ def _checked_entries(members, name_of, type_problem, label: str) -> list:
         name = name_of(info)
         problem = _member_problem(name) or type_problem(info)
         if problem:
-            raise ArchiveError(f"refusing to extract {label}: member '{name}' is {problem}; nothing was extracted")
+            raise UnsafeArchiveError(f"refusing to extract {label}: member '{name}' is {problem}; "
+                                     "nothing was extracted")
         rel = _relative(name)
         if not _skipped(rel):
             entries.append((info, rel))
@@ -323,15 +402,43 @@ def _check_tar_end(tf: tarfile.TarFile, label: str) -> None:
 def _target(root: Path, rel: PurePosixPath, label: str, name: str) -> Path:
     target = root.joinpath(*rel.parts)
     if os.path.commonpath([os.path.realpath(target), os.path.realpath(root)]) != os.path.realpath(root):
-        raise ArchiveError(f"refusing to extract {label}: member '{name}' would land outside the destination; "
-                           "nothing was extracted")
+        raise UnsafeArchiveError(f"refusing to extract {label}: member '{name}' would land outside the "
+                                 "destination; nothing was extracted")
     return target
 
 
+def _mkdir(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(folder, e) from None
+
+
 def _write_member(src, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target, "wb") as out:
-        shutil.copyfileobj(src, out, CHUNK)
+    """Copy ``src`` to ``target``: a failed read is the archive's (it propagates), a failed write the disk's."""
+    _mkdir(target.parent)
+    try:
+        out = open(target, "wb")
+    except OSError as e:
+        raise write_error(target, e) from None
+    failed: OSError | None = None
+    try:
+        while True:
+            chunk = src.read(CHUNK)
+            if not chunk:
+                break
+            try:
+                out.write(chunk)
+            except OSError as e:
+                failed = e
+                break
+    finally:
+        try:
+            out.close()
+        except OSError as e:
+            failed = failed or e
+    if failed is not None:
+        raise write_error(target, failed)
 
 
 def extract_archive(archive: str | os.PathLike, into: str | os.PathLike, label: str | None = None) -> str:
@@ -355,7 +462,7 @@ def extract_archive(archive: str | os.PathLike, into: str | os.PathLike, label: 
                 for info, rel in entries:
                     target = _target(into, rel, label, info.filename)
                     if info.is_dir():
-                        target.mkdir(parents=True, exist_ok=True)
+                        _mkdir(target)
                     else:
                         with zf.open(info) as src:
                             _write_member(src, target)
@@ -366,18 +473,18 @@ def extract_archive(archive: str | os.PathLike, into: str | os.PathLike, label: 
                 for info, rel in entries:
                     target = _target(into, rel, label, info.name)
                     if info.isdir():
-                        target.mkdir(parents=True, exist_ok=True)
+                        _mkdir(target)
                     else:
                         src = tf.extractfile(info)
                         with contextlib.closing(src):
                             _write_member(src, target)
-    except ArchiveError:
+    except Tf3dganError:       # ArchiveError, or a WriteError of the destination
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, EOFError, OSError, ValueError,
             NotImplementedError, zlib.error, lzma.LZMAError) as e:
         if isinstance(e, OSError) and e.errno is not None and getattr(e, "filename", None):
-            # a problem of the destination (disk full, permissions), not of the archive
-            raise ArchiveError(f"could not extract {label}: {e.filename}: {e.strerror}") from None
+            # a file that could not be opened or read (permissions, I/O error): not the archive's content
+            raise Tf3dganError(f"could not extract {label}: {e.filename}: {e.strerror}") from None
         raise ArchiveError(f"{label} is corrupt or truncated ({fmt}: {e or type(e).__name__})") from None
     return fmt
 
@@ -391,8 +498,11 @@ def unpack(archive: str | os.PathLike, dest: str | os.PathLike, folder: str, top
     """
     dest = Path(dest)
     final = dest / folder
-    dest.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder}-extract-", dir=dest))
+    _mkdir(dest)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder}-extract-", dir=dest))
+    except OSError as e:
+        raise write_error(dest, e) from None
     try:
         extract_archive(archive, tmp, label)
         tops = [p for p in tmp.iterdir()]
@@ -405,7 +515,7 @@ def unpack(archive: str | os.PathLike, dest: str | os.PathLike, folder: str, top
             os.umask(mask)
             os.chmod(tmp, 0o777 & ~mask)      # mkdtemp makes 0700
         if final.exists():
-            raise ArchiveError(f"{final} appeared while {label or archive} was being extracted; left it alone")
+            raise Tf3dganError(f"{final} appeared while {label or archive} was being extracted; left it alone")
         os.rename(source, final)
     finally:
         if tmp.exists():
@@ -448,14 +558,35 @@ def needs_download(dataset: Dataset, dest: str | os.PathLike, url: str | None = 
     dest = Path(dest)
     if (dest / dataset.folder).exists():
         return False
-    if url is not None and local_source(url) is not None:
-        return False
+    if url is not None:                 # --url wins over an archive left by an earlier run
+        return local_source(url) is None
     return not (dest / dataset.archive).is_file()
+
+
+def _discard(archive: Path, unsafe: bool) -> str:
+    """Delete the refused ``archive`` (ours: downloaded) so that no later run reuses it; say so."""
+    try:
+        archive.unlink()
+    except FileNotFoundError:
+        return f"{archive} is gone already"
+    except OSError as e:
+        return f"could not delete {archive} ({_describe(e)}): delete it by hand before running again"
+    if unsafe:      # downloading it again would most likely fetch the same file
+        return f"deleted {archive}: get the dataset from another source (--url a mirror or a local archive)"
+    return (f"deleted {archive}: run again to download it afresh, or pass --url for another mirror "
+            "or a local archive")
 
 
 def prepare(dataset: Dataset | str, dest: str | os.PathLike = ".", url: str | None = None, keep_archive: bool = False,
             progress: bool | None = None, timeout: float = 60.0, log: Callable[[str], None] = print) -> Result:
-    """Make ``<dest>/<dataset.folder>``: download (resumably), verify and unpack; see the module text."""
+    """Make ``<dest>/<dataset.folder>``: download (resumably), verify and unpack; see the module text.
+
+    ``url`` always wins: a network URL is downloaded even when ``<dest>/<archive>`` was left by an
+    earlier run (it is replaced), and a local file is unpacked as it is (and never deleted).
+    Without ``url`` a leftover ``<dest>/<archive>`` is used.  A downloaded archive that is refused
+    (corrupt, unknown type, unsafe member) is deleted, and the error says so; one that cannot be
+    extracted for lack of space or permission is kept.
+    """
     if isinstance(dataset, str):
         if dataset not in DATASETS:
             raise Tf3dganError(f"unknown dataset '{dataset}': choose one of {', '.join(DATASETS)}")
@@ -484,25 +615,33 @@ def prepare(dataset: Dataset | str, dest: str | os.PathLike = ".", url: str | No
         log(f"using the local archive {local}")
     else:
         archive = dest / dataset.archive
-        if archive.is_file():
+        if url is None and archive.is_file():
             log(f"using the archive already downloaded: {archive}")
         else:
+            if archive.exists():
+                log(f"not using {archive}, left by an earlier run: --url {url} is downloaded to replace it")
             fetch([url] if url else dataset.urls, archive, progress=progress, timeout=timeout, log=log)
 
     log(f"checking and extracting {archive} ...")
     try:
         unpack(archive, dest, dataset.folder, dataset.top_names, label=str(archive))
     except ArchiveError as e:
-        if owned and ("is corrupt" in str(e) or "unknown magic" in str(e)):
-            with contextlib.suppress(OSError):
-                archive.unlink()
-            raise ArchiveError(f"{e}; deleted it, run again to download it afresh") from None
-        raise
+        if not owned:
+            raise                       # the user's own file: left as it is
+        raise type(e)(f"{e}; {_discard(archive, isinstance(e, UnsafeArchiveError))}") from None
+    except WriteError as e:
+        if not owned:
+            raise WriteError(f"{e} (while extracting {archive})") from None
+        reuse = "run again without --url to unpack it" if url else "the next run unpacks it"
+        raise WriteError(f"{e} (while extracting {archive}, which is kept: {reuse} without downloading "
+                         "it again)") from None
     files, size = tree_size(final)
     kept = None
     if owned and not keep_archive:
-        with contextlib.suppress(OSError):
+        try:
             archive.unlink()
+        except OSError as e:
+            log(f"warning: could not delete the archive {archive} ({_describe(e)}); delete it by hand")
     elif owned:
         kept = archive
     return Result(dataset, final, archive=kept, files=files, bytes=size)

@@ -4,7 +4,8 @@
 Run with no flags in a terminal to be asked (as the original script did); or, e.g.:
     python tools/download_data.py --dataset modelnet10 -y
 which makes ./ModelNet10/ (the default training data of tools/train.py is ModelNet10/chair/train).
-An interrupted download resumes from <dest>/<archive>.part on the next run.
+An interrupted download resumes from <dest>/<archive>.part on the next run; a downloaded archive that
+fails its checks is deleted (the error line says so), and --url always wins over an earlier run's archive.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-y", "--yes", action="store_true", help="download without asking to confirm the size")
     p.add_argument("--dest", default=".", help="folder to put the dataset folder (ModelNet10/ or ModelNet40/) in")
     p.add_argument("--url", default=None,
-                   help="download from this URL (a mirror) instead, or use this local archive (a path or file:// URL)")
+                   help="download from this URL (a mirror) instead, even when an archive from an earlier run is in "
+                        "--dest, or use this local archive (a path or file:// URL; never deleted)")
     p.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive after unpacking")
     p.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
