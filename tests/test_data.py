@@ -1,6 +1,8 @@
 """Tests for tf3dgan.binvox, tf3dgan.synthetic and tf3dgan.data (pure numpy, a few seconds)."""
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 import time
 from pathlib import Path
@@ -17,6 +19,15 @@ CHAIRS = FIXTURES / "chair" / "train"
 STEMS = ["chair_0013", "chair_0037", "chair_0040"]
 WIN_NPZ = FIXTURES / "modelnet10_chair_64_win_small.npz"
 SOMTAMBE_NPZ = FIXTURES / "somtambe_chair_32_small.npz"
+SHARED_CHAIRS = Path(__file__).resolve().parents[2] / "shared" / "data" / "voxels" / "modelnet10_chair_64_win.npz"
+
+
+@pytest.fixture(autouse=True)
+def user_cache(tmp_path, monkeypatch) -> Path:
+    """Every test gets its own pooled-grid cache folder (never ~/.cache)."""
+    folder = tmp_path / "user-cache"
+    monkeypatch.setenv(data.CACHE_ENV, str(folder))
+    return folder
 
 
 def assert_data_error(excinfo, *fragments: str) -> None:
@@ -361,7 +372,9 @@ def test_object_arrays_are_refused(tmp_path):
 def test_missing_file_and_folder():
     with pytest.raises(DataError) as excinfo:
         data.load_dataset("ModelNet10/chair/train")
-    assert_data_error(excinfo, "'ModelNet10/chair/train' does not exist", "binvox", "synthetic:chairs")
+    assert_data_error(excinfo, "'ModelNet10/chair/train' does not exist",
+                      "python tools/convert_data.py -m ModelNet10/chair", "-d synthetic:chairs")
+    assert "binvox" not in str(excinfo.value)
     with pytest.raises(DataError) as excinfo:
         data.load_dataset("nowhere/chair_0001.raw")
     assert_data_error(excinfo, "nowhere/chair_0001.raw", "does not exist")
@@ -404,10 +417,11 @@ def test_folder_with_mixed_sizes_names_the_odd_file():
 
 
 def test_folder_resolution_mismatch(tmp_path):
-    copy_chairs(tmp_path)
+    copy_chairs(tmp_path / "d")
     with pytest.raises(DataError) as excinfo:
-        data.load_dataset(tmp_path, resolution=32)
-    assert_data_error(excinfo, tmp_path, "voxel grids are 64³ but the model expects 32³")
+        data.load_dataset(tmp_path / "d", resolution=128)
+    assert_data_error(excinfo, tmp_path / "d", "voxel grids are 64³ but the model expects 128³",
+                      "--resolution 64 (as stored) or 32, 16 or 8 (pooled down)", "--dim 128")
 
 
 def test_empty_folder_and_folder_of_meshes(tmp_path):
@@ -510,3 +524,227 @@ def test_synthetic_resolution_mismatch():
     with pytest.raises(DataError) as excinfo:
         data.load_dataset("synthetic:chairs:n=2:res=32", resolution=64)
     assert_data_error(excinfo, "synthetic:chairs:n=2:res=32", "32³ but the model expects 64³")
+
+
+# ------------------------------------------------------------------ pooling
+
+
+def pool_by_the_rule(grid: np.ndarray, factor: int, pool_min: int) -> np.ndarray:
+    """binvox -down -dmin pool_min, written out: one coarse cell at a time."""
+    r = grid.shape[0] // factor
+    out = np.zeros((r, r, r), np.uint8)
+    for i in range(r):
+        for j in range(r):
+            for k in range(r):
+                block = grid[factor * i:factor * (i + 1), factor * j:factor * (j + 1), factor * k:factor * (k + 1)]
+                out[i, j, k] = int(block.sum()) >= pool_min
+    return out
+
+
+def real_grids() -> np.ndarray:
+    """Two real 64³ chairs: a Linux binvox .raw and a row of the Windows-binvox npz."""
+    return np.stack([binvox.read_raw(CHAIRS / "chair_0037.raw"), data.load_dataset(WIN_NPZ).grids(5)[0]])
+
+
+@pytest.mark.parametrize("factor, pool_min", [(2, 1), (2, 4), (4, 1), (4, 20), (8, 1), (8, 300)])
+def test_pool_equals_the_rule_cell_by_cell(factor, pool_min):
+    grids = real_grids() if factor < 8 else real_grids()[:1]
+    pooled = data.unpack(data.pool(data.pack(grids), 64, factor, pool_min), 64 // factor)
+    for grid, got in zip(grids, pooled):
+        expected = pool_by_the_rule(grid, factor, pool_min)
+        assert expected.any() and not expected.all()
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_pool_rejects_bad_arguments():
+    packed = data.pack(random_grids(2, 16))
+    for factor, pool_min in [(3, 1), (2, 0), (2, 9)]:
+        with pytest.raises(ValueError):
+            data.pool(packed, 16, factor, pool_min)
+
+
+def test_pooled_fixture_chairs_keep_their_shape():
+    ds64 = data.load_dataset(WIN_NPZ)
+    ds32 = data.load_dataset(WIN_NPZ, resolution=32)
+    strict = data.load_dataset(WIN_NPZ, resolution=32, pool_min=4)
+    assert (len(ds32), ds32.dim, ds32.pooled_from, ds32.pool_min) == (12, 32, 64, 1)
+    assert ds32.names == ds64.names and ds32.source == str(WIN_NPZ)
+    assert strict.pool_min == 4 and ds64.pooled_from is None and ds64.pool_min is None
+    fill, kept = [], []
+    for fine, coarse, majority in zip(ds64.grids(), ds32.grids(), strict.grids()):
+        up = coarse.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+        assert not (fine & ~up).any()                      # OR-pooling covers every voxel of the chair
+        fill.append(fine.sum() / up.sum())                 # and not much more (thin parts fill a cell partly)
+        kept.append(majority.sum() / coarse.sum())
+        lo, hi = np.argwhere(fine).min(0), np.argwhere(fine).max(0)
+        clo, chi = np.argwhere(coarse).min(0), np.argwhere(coarse).max(0)
+        np.testing.assert_array_equal(clo, lo // 2)         # the same bounding box, halved
+        np.testing.assert_array_equal(chi, hi // 2)
+        assert not (majority & ~coarse).any()
+        assert ndimage.label(coarse)[1] <= ndimage.label(fine)[1]   # OR-pooling never splits a part
+    assert min(fill) > 0.3 and np.mean(fill) > 0.6
+    assert min(kept) > 0.25 and np.mean(kept) > 0.75       # >= 4 of 8 drops the thinnest parts
+
+
+@pytest.mark.skipif(not SHARED_CHAIRS.exists(), reason="needs shared/data/voxels (the 875 training chairs)")
+def test_the_875_training_chairs_at_32_are_pooled_once_then_read_from_the_cache(user_cache):
+    spec = f"{SHARED_CHAIRS}:train"
+    start = time.perf_counter()
+    first = data.load_dataset(spec, resolution=32)
+    cold = time.perf_counter() - start
+    start = time.perf_counter()
+    second = data.load_dataset(spec, resolution=32)
+    warm = time.perf_counter() - start
+    assert (len(first), first.dim, first.pooled_from, first.pool_min, first.source) == (875, 32, 64, 1, spec)
+    assert not first.pool_cache_hit and second.pool_cache_hit
+    assert first.pool_cache == second.pool_cache and Path(first.pool_cache).parent == user_cache / "pooled"
+    assert "read from" in second.pooling_note() and "64³ grids OR-pooled to 32³" in second.pooling_note()
+    assert second.names == first.names and np.array_equal(second.packed, first.packed)
+    np.testing.assert_array_equal(first.packed, data.pool(data.load_dataset(spec).packed, 64, 2))
+    assert warm < 0.5 and warm < cold, (cold, warm)
+    # another rule, another cache file; the first one is still read
+    assert data.load_dataset(spec, resolution=32, pool_min=4).pool_cache != first.pool_cache
+    assert data.load_dataset(spec, resolution=32).pool_cache_hit
+
+
+def test_folder_pooled_cache_lives_beside_the_files_and_follows_them(tmp_path, user_cache):
+    folder = copy_chairs(tmp_path / "train")
+    first = data.load_dataset(folder, resolution=32)
+    cache = folder / "tf3dgan_voxels_32.npz"
+    assert first.pool_cache == str(cache) and not first.pool_cache_hit and cache.is_file()
+    assert not user_cache.exists()
+    second = data.load_dataset(folder, resolution=32)
+    assert second.pool_cache_hit and np.array_equal(second.packed, first.packed) and second.names == STEMS
+    # the pooled cache is never taken for a voxel file of the folder
+    assert data.voxel_files(folder) == [folder / f"{s}.raw" for s in STEMS]
+    assert data.load_dataset(folder).names == STEMS and data.load_dataset(tmp_path).names == STEMS
+    # a changed file makes the cache stale: pooled again and rewritten
+    shutil.copy(CHAIRS / "chair_0013.raw", folder / "chair_0040.raw")
+    os.utime(folder / "chair_0040.raw", ns=(1, 1))
+    third = data.load_dataset(folder, resolution=32)
+    assert not third.pool_cache_hit
+    np.testing.assert_array_equal(third.grids(2), third.grids(0))
+    assert data.load_dataset(folder, resolution=32).pool_cache_hit
+    # a corrupt cache is ignored and rewritten
+    cache.write_bytes(b"PK\x03\x04 not a zip")
+    fourth = data.load_dataset(folder, resolution=32)
+    assert not fourth.pool_cache_hit and np.array_equal(fourth.packed, third.packed)
+    assert data.load_dataset(folder, resolution=32).pool_cache_hit
+
+
+def test_file_pooled_cache_is_stale_when_the_file_changes(tmp_path, user_cache):
+    path = tmp_path / "chairs.npz"
+    shutil.copy(WIN_NPZ, path)
+    a = data.load_dataset(f"{path}:train", resolution=16)
+    assert Path(a.pool_cache).parent == user_cache / "pooled" and len(a) == 12
+    assert data.load_dataset(f"{path}:train", resolution=16).pool_cache_hit
+    test_split = data.load_dataset(f"{path}:test", resolution=16)      # another key, another cache
+    assert not test_split.pool_cache_hit and len(test_split) == 4
+    with np.load(WIN_NPZ) as z:
+        np.savez_compressed(path, train=z["train"][6:], test=z["test"])
+    b = data.load_dataset(f"{path}:train", resolution=16)
+    assert not b.pool_cache_hit and len(b) == 6
+    np.testing.assert_array_equal(b.packed, a.packed[6:])
+
+
+def test_limit_with_and_without_a_pooled_cache(tmp_path):
+    folder = copy_chairs(tmp_path / "train")
+    part = data.load_dataset(folder, resolution=32, limit=2)
+    assert len(part) == 2 and part.pooled_from == 64 and part.pool_cache is None   # a partial read is not cached
+    assert not (folder / "tf3dgan_voxels_32.npz").exists()
+    whole = data.load_dataset(folder, resolution=32)
+    cut = data.load_dataset(folder, resolution=32, limit=2)
+    assert cut.pool_cache_hit and cut.names == STEMS[:2] and np.array_equal(cut.packed, whole.packed[:2])
+
+
+def test_unwritable_folder_caches_in_the_user_folder_then_warns(tmp_path, user_cache, monkeypatch, capsys):
+    folder = copy_chairs(tmp_path / "train")
+    real = data.atomic_path
+
+    def read_only_data(path, *a, **k):   # as a read-only data folder answers (chmod cannot stop root)
+        if Path(path).parent == folder:
+            raise data_write_error(path)
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(data, "atomic_path", read_only_data)
+    ds = data.load_dataset(folder, resolution=32)
+    assert Path(ds.pool_cache).parent == user_cache / "pooled" and not (folder / "tf3dgan_voxels_32.npz").exists()
+    assert data.load_dataset(folder, resolution=32).pool_cache_hit
+    assert capsys.readouterr().err == ""
+    # no writable place at all: one warning line, and the grids all the same
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    monkeypatch.setenv(data.CACHE_ENV, str(blocker / "cache"))
+    again = data.load_dataset(folder, resolution=16)
+    err = capsys.readouterr().err
+    assert again.pool_cache is None and again.pooled_from == 64 and len(again) == 3
+    assert err.count("\n") == 1 and err.startswith("warning: pooled grids of ") and data.CACHE_ENV in err
+    assert "Traceback" not in err
+
+
+def data_write_error(path):
+    from tf3dgan.errors import write_error
+
+    return write_error(path, OSError(errno.EROFS, "Read-only file system"))
+
+
+def test_pooling_lists_and_synthetic_specs(tmp_path):
+    ds = data.load_dataset([f"{WIN_NPZ}:train", f"{WIN_NPZ}:test"], resolution=32)
+    assert (len(ds), ds.dim, ds.pooled_from) == (16, 32, 64) and ds.pool_cache.count(", ") == 1
+    assert data.load_dataset([f"{WIN_NPZ}:train", f"{WIN_NPZ}:test"], resolution=32).pool_cache_hit
+    syn = data.load_dataset("synthetic:chairs:n=6:res=32", resolution=8)
+    assert (syn.dim, syn.pooled_from, syn.pool_cache) == (8, 32, None)
+    np.testing.assert_array_equal(syn.packed, data.pool(data.pack(synthetic.make_shapes("chairs", 6, 32, 0)), 32, 4))
+    with pytest.raises(DataError) as excinfo:   # the stored sides must still agree
+        data.load_dataset([f"{WIN_NPZ}:train", SOMTAMBE_NPZ], resolution=32)
+    assert_data_error(excinfo, SOMTAMBE_NPZ, "32³", "64³", "same size")
+
+
+@pytest.mark.parametrize("resolution, pool_min, fragments", [
+    (128, 1, ["64³ but the model expects 128³", "pooled down, not up", "--resolution 64 (as stored) or 32, 16 or 8",
+              "--dim 128"]),
+    (48, 1, ["64³ but the model expects 48³", "powers of two >= 8", "--resolution 64"]),
+    (4, 1, ["expects 4³", "powers of two >= 8"]),
+    (32, 9, ["--pool-min 9", "merges 8 voxels", "--pool-min 1 to 8"]),
+    (16, 65, ["--pool-min 65", "--pool-min 1 to 64"]),
+    (32, 0, ["--pool-min", ">= 1"]),
+])
+def test_pooling_errors_say_what_works(resolution, pool_min, fragments):
+    with pytest.raises(DataError) as excinfo:
+        data.load_dataset(WIN_NPZ, resolution=resolution, pool_min=pool_min)
+    assert_data_error(excinfo, *fragments)
+
+
+def test_pool_min_is_unused_without_pooling():
+    ds = data.load_dataset(SOMTAMBE_NPZ, resolution=32, pool_min=5)
+    assert (ds.pooled_from, ds.pool_min, ds.pool_cache, ds.pooling_note()) == (None, None, None, None)
+
+
+def test_pooled_cache_file_can_be_given_directly(tmp_path):
+    folder = copy_chairs(tmp_path / "train")
+    pooled = data.load_dataset(folder, resolution=32)
+    direct = data.load_dataset(folder / "tf3dgan_voxels_32.npz")
+    assert direct.dim == 32 and direct.names == STEMS and np.array_equal(direct.packed, pooled.packed)
+
+
+# -------------------------------------------------------------- bad values
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_and_inf_voxels_are_refused(tmp_path, suffix, bad):
+    grids = random_grids(4, 8).astype(np.float32)
+    grids[2, 1, 2, :3] = bad
+    grids[3] = bad
+    path = tmp_path / f"f{suffix}"
+    np.save(path, grids) if suffix == ".npy" else np.savez(path, voxels=grids)
+    with pytest.raises(DataError) as excinfo:
+        data.load_dataset(path)
+    assert_data_error(excinfo, path, f"holds {3 + 512} NaN or infinite values of {4 * 512}", "first in grid 2")
+
+
+def test_one_nan_grid_is_refused(tmp_path):
+    np.save(tmp_path / "g.npy", np.full((8, 8, 8), np.nan, np.float16))
+    with pytest.raises(DataError) as excinfo:
+        data.load_dataset(tmp_path / "g.npy")
+    assert_data_error(excinfo, tmp_path / "g.npy", "holds 512 NaN or infinite values of 512;")
