@@ -35,7 +35,7 @@ from pathlib import Path
 
 from . import blender_scene
 from .atomic import atomic_path
-from .errors import DataError, Tf3dganError
+from .errors import DataError, Tf3dganError, WriteError
 
 ENGINES = blender_scene.ENGINES
 MESH_FORMATS = {".obj": "obj", ".ply": "ply", ".stl": "stl"}   # read by Blender's importers
@@ -144,13 +144,40 @@ def read_views(path: str | os.PathLike) -> list[View]:
     return views
 
 
+def check_output_folder(folder: str | os.PathLike) -> None:
+    """Refuse up front (before any slow work) an output folder that cannot be created or written into.
+
+    Walks up from ``folder`` to the first path that exists: it must be a folder (not a file, as in
+    ``--dest notes.txt/out``) that this process may write into (not on a read-only file system, not
+    without permission).  Raises :class:`~tf3dgan.errors.WriteError` naming it; a folder that passes
+    can still fill up, which :func:`tf3dgan.atomic.atomic_path` reports when it happens.  Used by
+    ``render_class_view.py``, ``generate.py --dest`` and ``bench.py --profile``."""
+    folder = Path(folder)
+    for p in (folder, *folder.parents):
+        if not (p.exists() or p.is_symlink()):
+            continue
+        if not p.is_dir():
+            what = "it" if p == folder else str(p)
+            raise WriteError(f"cannot write into {folder}: {what} is a file, not a folder")
+        if not os.access(p, os.W_OK | os.X_OK):
+            try:
+                read_only = bool(os.statvfs(p).f_flag & os.ST_RDONLY)
+            except (OSError, AttributeError):   # no statvfs (Windows)
+                read_only = False
+            why = "read-only file system" if read_only else "no permission to write there"
+            raise WriteError(f"cannot write into {folder}: {p} is not writable ({why}); choose a writable location")
+        return
+
+
 def output_paths(output: str | os.PathLike, count: int, numbered: bool) -> list[Path]:
-    """``output`` itself, or ``<stem>_<i>.png`` beside it for each of ``count`` views when ``numbered``."""
+    """``output`` itself, or ``<stem>_<i>.png`` beside it for each of ``count`` views when ``numbered``
+    (its folder checked by :func:`check_output_folder`)."""
     out = Path(output)
     if out.suffix.lower() != ".png":
         raise Tf3dganError(f"{output}: the output image must be a .png file")
     if out.exists() and out.is_dir():
         raise Tf3dganError(f"{output}: is a folder; give a .png file name")
+    check_output_folder(out.parent)
     if not numbered:
         return [out]
     return [out.with_name(f"{out.stem}_{i}{out.suffix}") for i in range(count)]
@@ -357,10 +384,7 @@ def render(model: str | os.PathLike, output: str | os.PathLike, views: list[View
 
     with tempfile.TemporaryDirectory(prefix="tf3dgan-render-") as work, contextlib.ExitStack() as stack:
         src, fmt, note = model_input(model, work)
-        try:
-            temps = [stack.enter_context(atomic_path(out)) for out in outputs]
-        except OSError as exc:
-            raise Tf3dganError(f"cannot write to {outputs[0].parent}: {exc.strerror or exc}") from None
+        temps = [stack.enter_context(atomic_path(out)) for out in outputs]   # a failure: one WriteError line
         cmd = blender_command(exe, src, fmt, list(zip(views, temps)), engine=engine, samples=samples,
                               resolution=resolution, color=rgb, up=up)
         if verbose:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tf3dgan.cli import run_tool
+from tf3dgan.cli import HelpFormatter, run_tool
 from tf3dgan.errors import Tf3dganError
 from tf3dgan.render import (DEFAULT_AZIMUTH, DEFAULT_COLOR, DEFAULT_DISTANCE, DEFAULT_ELEVATION, DEFAULT_ENGINE,
                             DEFAULT_RESOLUTION, DEFAULT_SAMPLES, DEFAULT_TILT, DEFAULT_TIMEOUT, ENGINES, View,
@@ -20,7 +20,7 @@ from tf3dgan.render import (DEFAULT_AZIMUTH, DEFAULT_COLOR, DEFAULT_DISTANCE, DE
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Render a mesh or voxel grid to a PNG (transparent background) with "
-                                            "Blender.")
+                                            "Blender.", formatter_class=HelpFormatter)
     p.add_argument("-m", "--model_file", required=True,
                    help="model to render: .obj, .ply, .stl, .glb/.gltf, .off, or a voxel grid .npy/.raw/.binvox/.npz "
                         "(its first grid)")
