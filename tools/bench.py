@@ -16,14 +16,14 @@ import os
 import subprocess
 import sys
 
-from tf3dgan.cli import HelpFormatter, import_tensorflow_quietly, keras_backend, run_tool
+from tf3dgan.choices import ARCHS, BACKENDS, IMPLEMENTATIONS, OBJECTIVES, PRECISIONS
+from tf3dgan.cli import HelpFormatter, keras_backend, run_tool
+from tf3dgan.errors import Tf3dganError
+from tf3dgan.render import check_output_folder
+from tf3dgan.spec import make_spec
 
-import_tensorflow_quietly(required=keras_backend() == "tensorflow")   # before Keras loads TensorFlow noisily
-
-from tf3dgan.benchmark import BACKENDS, PRECISIONS  # noqa: E402
-from tf3dgan.errors import Tf3dganError  # noqa: E402
-from tf3dgan.losses import OBJECTIVES  # noqa: E402
-from tf3dgan.models import ARCHS, make_spec  # noqa: E402
+# TensorFlow/Keras load only in run() (tf3dgan.benchmark), after the flags are checked: --help and a
+# bad flag answer at once.
 
 _XLA = {"off": [False], "on": [True], "both": [False, True]}
 _KERAS_NAME = {short: name for name, short in BACKENDS.items()}
@@ -32,25 +32,33 @@ _KERAS_NAME = {short: name for name, short in BACKENDS.items()}
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="Benchmark the compiled GAN train step (median time of single calls, "
                                             "analytic FLOP/s).", formatter_class=HelpFormatter)
-    p.add_argument("--backend", nargs="+", default=[BACKENDS.get(keras_backend(), "tf")], choices=list(_KERAS_NAME),
-                   help="Keras backend(s): tf (tf.function step) and/or jax (jax.jit step)")
+    here = BACKENDS.get(keras_backend(), "tf")
+    p.add_argument("--backend", nargs="+", default=[here], choices=list(_KERAS_NAME),
+                   help="Keras backend(s): tf (tf.function step) and/or jax (jax.jit step); a backend other than "
+                        f"this process's runs in a child process [default: {here}, from KERAS_BACKEND]")
     p.add_argument("--arch", default="rasgan64", choices=ARCHS, help="network architecture")
-    p.add_argument("-b", "--batch", type=int, nargs="+", default=[24], help="batch size(s)")
-    p.add_argument("--precision", nargs="+", default=["float32"], choices=PRECISIONS, help="dtype policy(ies)")
+    p.add_argument("-b", "--batch", type=int, nargs="+", default=[24], help="batch size(s) [default: 24]")
+    p.add_argument("--precision", nargs="+", default=["float32"], choices=PRECISIONS,
+                   help="Keras dtype policy(ies) [default: float32]")
     p.add_argument("--xla", nargs="?", const="on", default="off", choices=list(_XLA),
-                   help="TensorFlow: compile with XLA: --xla (= on), --xla both, or --no-xla (= off); "
-                        "JAX always compiles with XLA")
-    p.add_argument("--no-xla", dest="xla", action="store_const", const="off", help="plain tf.function (default)")
-    p.add_argument("--steps-per-call", type=int, nargs="+", default=[1], help="train steps per compiled call")
-    p.add_argument("--conv-transpose", nargs="+", default=["native"], choices=["native", "phase"],
+                   help="tf backend: compile the step with XLA: --xla (= on), --xla both (each configuration "
+                        "twice), or --no-xla (= off, plain tf.function) [default: off]; the jax backend always "
+                        "compiles with XLA")
+    p.add_argument("--no-xla", dest="xla", action="store_const", const="off", help="same as --xla off")
+    p.add_argument("--steps-per-call", type=int, nargs="+", default=[1],
+                   help="train steps per compiled call [default: 1]")
+    p.add_argument("--conv-transpose", nargs="+", default=["native"], choices=IMPLEMENTATIONS,
                    help="G's transposed convolutions: native (Conv3DTranspose) and/or phase (one stride-1 "
-                        "convolution + interleave, tf3dgan.phase_conv)")
+                        "convolution + interleave, tf3dgan.phase_conv) [default: native]")
     p.add_argument("--width", type=float, default=1.0, help="channel-width multiplier")
     p.add_argument("--resolution", type=int, default=None, help="grid size [default: the architecture's native one]")
-    p.add_argument("--steps", type=int, default=10, help="timed calls per configuration (the median is reported)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed calls first (tracing/compilation included)")
-    p.add_argument("--loss", default="rasgan", choices=list(OBJECTIVES), help="GAN objective (D always trains)")
-    p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak TFLOP/s, for the %% of peak column")
+    p.add_argument("--steps", type=int, default=10, help="timed calls per configuration; the median is reported")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed calls before the timed ones; they include tracing and compilation")
+    p.add_argument("--loss", default="rasgan", choices=OBJECTIVES,
+                   help="GAN objective; every step trains both D and G")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's peak TFLOP/s, for the %% of peak column (which shows - without it)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, data and noise")
     p.add_argument("--profile", metavar="DIR", default=None,
                    help="after timing each configuration, trace --profile-calls more calls into DIR/<config>/ and "
@@ -76,6 +84,11 @@ def _check(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         p.error("--peak-tflops must be positive")
     if args.profile is not None and os.path.exists(args.profile) and not os.path.isdir(args.profile):
         p.error(f"--profile {args.profile}: exists and is not a folder")
+    if args.profile is not None:
+        try:
+            check_output_folder(args.profile)   # a file on the way, a read-only place: said before any timing
+        except Tf3dganError as e:
+            p.error(f"--profile: {e}")
     configs = sum(math.prod(map(len, _axes(args, backend).values())) for backend in dict.fromkeys(args.backend))
     if args.compare and configs < 2:
         p.error("--compare needs at least two configurations (several -b, --precision, --steps-per-call, "
@@ -172,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _check(parser, args)
-    return run_tool(lambda: run(args), needs_tensorflow=False)
+    return run_tool(lambda: run(args))   # TensorFlow (or this process's Keras backend) loads only now
 
 
 if __name__ == "__main__":
