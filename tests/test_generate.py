@@ -1,6 +1,10 @@
 """tf3dgan.sampling, runs.load_generator and tools/generate.py on a tiny trained run."""
 from __future__ import annotations
 
+import errno
+import os
+
+import matplotlib.figure
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
@@ -85,3 +89,33 @@ def test_errors(run, tmp_path):
     bad.write_bytes(b"PK\x03\x04 not really")
     assert "bad.npz: corrupt or truncated checkpoint" in error_line(tool("generate", "--weights", bad))
     assert "--count must be at least 1" in error_line(tool("generate", "-n", "g", "--out", run, "--count", "0"))
+
+
+def test_unwritable_dest_is_one_line(run, tmp_path, monkeypatch, capsys):
+    """--dest that cannot be written: said before TensorFlow starts when the place itself is wrong (a file on
+    the way), and as one line naming the file when a write fails later (read-only or full disk, simulated:
+    as root chmod does not stop writes), with nothing half-written left behind."""
+    from tf3dgan.tools import generate
+
+    note = tmp_path / "note.txt"
+    note.write_text("a file, not a folder")
+    line = error_line(tool("generate", "-n", "g", "--out", run, "--dest", note / "gen", "--count", "2"))
+    assert line == f"error: cannot write into {note / 'gen'}: {note} is a file, not a folder"
+
+    def failing(code):
+        def write(*args, **kwargs):
+            raise OSError(code, os.strerror(code))
+        return write
+
+    dest = tmp_path / "gen"
+    monkeypatch.setattr(np, "save", failing(errno.EROFS))
+    assert generate.main(["-n", "g", "--out", str(run), "--dest", str(dest), "--count", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: cannot write {dest / 'seed0_n2.npy'}: Read-only file system; choose a writable location\n"
+    monkeypatch.undo()
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", failing(errno.ENOSPC))   # the --sheet PNG
+    assert generate.main(["-n", "g", "--out", str(run), "--dest", str(dest), "--count", "2", "--sheet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write {dest / 'seed0_n2.png'}: No space left on device (") and \
+        err.endswith(" free on that disk); free some space and run again\n"), err
+    assert sorted(p.name for p in dest.iterdir()) == ["seed0_n2.npy", "seed0_n2_latents.npy"]   # no temporaries

@@ -13,13 +13,18 @@ import sys
 import time
 from pathlib import Path
 
+from tf3dgan.choices import GRAPH_STYLES
 from tf3dgan.cli import HelpFormatter, import_tensorflow_quietly, run_tool
 from tf3dgan.errors import Tf3dganError
 
+# Only light modules (NumPy at most) load before the flags, the run and --dest are checked; Keras and
+# TensorFlow load in run() after that, matplotlib only for --sheet.  tf3dgan.plots.COLORMAPS, restated
+# here because tf3dgan.plots loads matplotlib (tests/test_fast_errors.py checks the two agree):
+COLORMAPS = ("copper", "viridis", "plasma", "winter", "cool", "ocean", "inferno", "coolwarm")
+
 
 def build_parser() -> argparse.ArgumentParser:
-    from tf3dgan.mesh import MESH_KINDS
-    from tf3dgan.plots import COLORMAPS, STYLES
+    from tf3dgan.mesh import MESH_KINDS         # NumPy only
     from tf3dgan.sampling import INTERPOLATIONS
 
     p = argparse.ArgumentParser(description="Generate voxel shapes with a trained generator.",
@@ -27,11 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--name", default=None, help="run name (reads <out>/<name>/config.json and its weights)")
     p.add_argument("-le", "--load_epoch", type=int, default=None,
                    help="use the checkpoint of this epoch [default: the run's newest state]")
-    p.add_argument("--weights", default=None,
+    p.add_argument("--weights", default=None, metavar="FILE",
                    help="weights to use instead: a checkpoint .npz (self-describing) or a .weights.h5 "
                         "(config.json from -n or beside it)")
-    p.add_argument("--out", default="savepoint", help="folder of the runs")
-    p.add_argument("--dest", default=None, help="output folder [default: <out>/<name>/generated, or ./generated]")
+    p.add_argument("--out", default="savepoint", metavar="DIR", help="folder of the runs")
+    p.add_argument("--dest", default=None, metavar="DIR",
+                   help="output folder [default: <out>/<name>/generated, or ./generated]")
     p.add_argument("--count", type=int, default=16, help="how many shapes")
     p.add_argument("--seed", type=int, default=0, help="seed of the latent vectors")
     p.add_argument("--interpolate", type=int, default=None, metavar="K",
@@ -39,11 +45,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed2", type=int, default=None, help="end seed of --interpolate [default: --seed + 1]")
     p.add_argument("--interpolation", choices=INTERPOLATIONS, default="linear", help="path between the two latents")
     p.add_argument("--sheet", action="store_true", help="also draw the shapes as one PNG sheet")
-    p.add_argument("--style", choices=STYLES, default="shaded", help="sheet style")
+    p.add_argument("--style", choices=GRAPH_STYLES, default="shaded", help="--sheet style")
     p.add_argument("-c", "--colormap", type=int, default=1, choices=range(len(COLORMAPS)), metavar="{0..7}",
-                   help="sheet colours: " + ", ".join(f"{i}={c}" for i, c in enumerate(COLORMAPS)))
+                   help="--sheet colours: " + ", ".join(f"{i}={c}" for i, c in enumerate(COLORMAPS))
+                        + f" [default: 1={COLORMAPS[1]}]")
     p.add_argument("--obj", action="store_true", help="also write one mesh per shape")
-    p.add_argument("--mesh", choices=MESH_KINDS, default="faces", help="mesh kind for --obj (see convert_to_obj.py)")
+    p.add_argument("--mesh", choices=MESH_KINDS, default="faces",
+                   help="mesh kind for --obj, as in convert_to_obj.py [default: faces]")
     p.add_argument("--threshold", type=float, default=None,
                    help="a voxel is solid above this value [default: 0.5 for sigmoid generators, else 0.3]")
     p.add_argument("--batch", type=int, default=16, help="shapes per generator call")
@@ -53,8 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from tf3dgan import mesh, plots, runs, sampling
+    from tf3dgan import runs, sampling
     from tf3dgan.atomic import atomic_path
+    from tf3dgan.render import check_output_folder
 
     if args.name is None and args.weights is None:
         raise Tf3dganError("say which generator: -n RUN (optionally -le EPOCH) or --weights FILE")
@@ -68,6 +77,8 @@ def run(args: argparse.Namespace) -> None:
     if run_dir is not None and not run_dir.is_dir():
         raise Tf3dganError(f"{run_dir}: no such run folder (check -n and --out)")
     runs.generator_source(run_dir, args.weights, args.load_epoch)   # a missing file answers before TF starts
+    dest = Path(args.dest) if args.dest else (run_dir / "generated" if run_dir else Path("generated"))
+    check_output_folder(dest)                                         # so does an unwritable --dest
     start = time.perf_counter()
     if os.environ.get("KERAS_BACKEND", "tensorflow") == "tensorflow":
         import_tensorflow_quietly()   # after the checks above, so a wrong flag answers at once
@@ -89,7 +100,6 @@ def run(args: argparse.Namespace) -> None:
         titles = [str(i) for i in range(args.count)]
         rows, cols = None, None
     grids = sampling.generate(generator, z, args.batch)
-    dest = Path(args.dest) if args.dest else (run_dir / "generated" if run_dir else Path("generated"))
     target = dest / f"{stem}.npy"
     with atomic_path(target) as tmp:
         np.save(tmp, grids)
@@ -97,11 +107,15 @@ def run(args: argparse.Namespace) -> None:
         np.save(tmp, z)
     wrote = [f"{target} {tuple(grids.shape)}"]
     if args.sheet:
+        from tf3dgan import plots
+
         sheet = plots.save_voxel_sheet(dest / f"{stem}.png", grids, titles, rows, cols, style=args.style,
-                                       threshold=threshold, colormap=plots.COLORMAPS[args.colormap],
+                                       threshold=threshold, colormap=COLORMAPS[args.colormap],
                                        title=f"{spec.arch} from {source.name}")
         wrote.append(str(sheet))
     if args.obj:
+        from tf3dgan import mesh
+
         empty = 0
         for i, g in enumerate(grids):
             if not (g > threshold).any():
