@@ -28,6 +28,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def explicit_flags(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> set[str]:
+    """The destinations of the flags given on the command line (not left at their defaults)."""
+    import copy
+
+    bare = copy.deepcopy(parser)
+    for action in bare._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(bare.parse_args(argv)))
+
+
 def quiet_tensorflow() -> None:
     """Hide TensorFlow's C++ info/warning chatter (errors still show)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

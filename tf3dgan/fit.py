@@ -7,124 +7,23 @@ original's schedule (``-sample``, ``-save``, ``-graph``, ``-graph3d`` epochs).
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from . import plots, runs
+from . import runs
 from .atomic import atomic_path
-from .errors import CheckpointError, Tf3dganError
+from .errors import Tf3dganError
+from .plan import (MODEL_FLAGS, PER_INVOCATION, RunPlan, TrainConfig, describe_change, lr_at,  # noqa: F401
+                   parse_lr_schedule, prepare, resume_command)
+from .spec import describe, make_spec
 from .summaries import SummaryWriter
 
 HISTORY_KEYS = ("d_loss", "g_loss", "val_loss", "d_trained", "ratio", "d_accuracy", "loss_scale", "epoch")
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a training run (saved as ``config.json``)."""
-
-    name: str = "Test"
-    data: str = "ModelNet10/chair/train"
-    validation_data: str = ""
-    epochs: int = 2500
-    batchsize: int = 24
-    sample: int = 10
-    save: int = 10
-    graph: int = 10
-    graph3d: int = 10
-    graph_style: str = "scatter"
-    load: bool = False
-    load_epoch: int | None = None
-    glr: float = 0.002
-    dlr: float = 0.00005
-    arch: str | None = None              # None: rasgan64 for a new run, the saved one for a resumed run
-    loss: str = "rasgan"
-    d_rule: str | None = None
-    precision: str | None = None
-    lr_schedule: str | None = None
-    seed: int = 0
-    width: float | None = None           # None: 1.0 for a new run, the saved one for a resumed run
-    resolution: int | None = None
-    output_activation: str | None = None
-    xla: bool = False
-    strategy: str = "auto"
-    sync_bn: bool = True
-    cpu_devices: int = 0
-    conv_transpose: str = "native"
-    steps_per_call: int = 1
-    out: str = "savepoint"
-    keep: int = 10
-    deterministic: bool = False
-    progress: bool = True
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-# ---------------------------------------------------------------------- learning-rate schedule
-def parse_lr_schedule(spec: str | None, glr: float, dlr: float) -> list[tuple[int, float, float]]:
-    """``"0:0.002/0.00005,300:0.005/0.00005"`` (epoch:G/D, ...) or a JSON file holding
-    ``{"0": [0.002, 0.00005], "300": {"g": 0.005, "d": 0.00005}}``.  Epochs before the first
-    entry use ``-glr``/``-dlr``.  Returns sorted ``(start_epoch, g_lr, d_lr)`` entries."""
-    entries = [(0, float(glr), float(dlr))]
-    if not spec:
-        return entries
-    try:
-        if os.path.isfile(spec):
-            with open(spec, encoding="utf-8") as f:
-                raw = json.load(f)
-            items = raw.items() if isinstance(raw, dict) else [(r["epoch"], r) for r in raw]
-            for epoch, value in items:
-                g, d = (value["g"], value["d"]) if isinstance(value, dict) else value
-                entries.append((int(epoch), float(g), float(d)))
-        else:
-            for part in filter(None, (p.strip() for p in spec.split(","))):
-                epoch, rates = part.split(":")
-                g, d = rates.split("/")
-                entries.append((int(epoch), float(g), float(d)))
-    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
-        raise Tf3dganError(f"--lr-schedule {spec!r}: expected 'EPOCH:GLR/DLR,...' or a JSON file of "
-                           f"{{\"EPOCH\": [GLR, DLR]}} ({type(e).__name__}: {e})") from None
-    if any(e < 0 or g <= 0 or d <= 0 for e, g, d in entries):
-        raise Tf3dganError(f"--lr-schedule {spec!r}: epochs must be >= 0 and rates > 0")
-    by_epoch = {e: (g, d) for e, g, d in entries}   # a later entry for epoch 0 replaces -glr/-dlr
-    return sorted((e, g, d) for e, (g, d) in by_epoch.items())
-
-
-def lr_at(schedule, epoch: int) -> tuple[float, float]:
-    g, d = schedule[0][1:]
-    for start, g_lr, d_lr in schedule:
-        if start <= epoch:
-            g, d = g_lr, d_lr
-    return g, d
-
-
-# ---------------------------------------------------------------------- resuming
-_MODEL_FLAGS = {"arch": "--arch", "width": "--width", "resolution": "--resolution",
-                "output_activation": "--output-activation"}
-
-
-def _new_model_flags(cfg: TrainConfig) -> tuple[str, float]:
-    """``(arch, width)`` of a new run: the flags, or their defaults where not given."""
-    return cfg.arch or "rasgan64", 1.0 if cfg.width is None else cfg.width
-
-
-def _keep_saved_model(cfg: TrainConfig, model: dict, run_dir) -> None:
-    """A resumed run keeps the model it was made with: a model flag given (not ``None``) with
-    another value than the saved one is an error, rather than silently ignored."""
-    for key, flag in _MODEL_FLAGS.items():
-        given, kept = getattr(cfg, key), model.get(key)
-        if given is not None and given != kept:
-            raise Tf3dganError(f"{flag} {given} does not match the run being resumed ({run_dir}: {key} {kept}); "
-                               f"a resumed run keeps its model: drop {flag} or start a new run with another -n")
 
 
 # ---------------------------------------------------------------------- signals
@@ -154,13 +53,12 @@ class _StopRequest:
 
 # ---------------------------------------------------------------------- the run
 class _Run:
-    """State and outputs of one training run (the body of ``fit``)."""
+    """State and outputs of one training run (the body of ``fit``), built from a :class:`RunPlan`."""
 
-    def __init__(self, cfg: TrainConfig):
+    def __init__(self, plan: RunPlan):
         import keras
 
-        from . import data as data_lib
-        from .models import build_models, make_spec
+        from .models import build_models
 
         backend = keras.backend.backend()
         if backend == "tensorflow":
@@ -170,19 +68,9 @@ class _Run:
         else:
             raise Tf3dganError(f"the trainer runs on Keras' TensorFlow or JAX backend, but KERAS_BACKEND is "
                                f"{backend!r}; set KERAS_BACKEND=tensorflow (default) or jax")
-        self.cfg, self.backend = cfg, backend
-        if cfg.load_epoch is not None:
-            cfg.load = True
-        if cfg.cpu_devices < 0:
-            raise Tf3dganError(f"--cpu-devices must be >= 0 (0: no split), got {cfg.cpu_devices}")
-        if cfg.keep < 0:
-            raise Tf3dganError(f"--keep must be >= 0 (0: keep all), got {cfg.keep}")
-        if not cfg.load:   # the model flags, checked before any data is read (a resumed run has its own)
-            try:
-                make_spec(*_new_model_flags(cfg), cfg.resolution, cfg.output_activation)
-            except ValueError as e:
-                raise Tf3dganError(f"model settings: {e}") from None
-        self.dir = runs.run_path(cfg.out, cfg.name)
+        cfg = plan.cfg
+        self.plan, self.cfg, self.backend = plan, cfg, backend
+        self.dir, self.data, self.val, self.schedule = plan.dir, plan.data, plan.val, plan.schedule
         self.strategy, self.worker = self._make_strategy(), 0
         if self.strategy is not None and cfg.xla and backend == "tensorflow":
             raise Tf3dganError("--xla does not go with a multi-device --strategy (use --strategy one with --xla)")
@@ -199,20 +87,12 @@ class _Run:
             tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(cfg.seed)
 
-        checkpoint = self._find_checkpoint()
-        saved = runs.read_config(self.dir) if cfg.load else None
-        model_cfg = saved["model"] if saved else None
-        if model_cfg is not None:
-            _keep_saved_model(cfg, model_cfg, self.dir)
-
-        want_res = model_cfg["resolution"] if model_cfg else cfg.resolution
-        self.data = data_lib.load_dataset(cfg.data, resolution=want_res, seed=cfg.seed)
-        self.val = (data_lib.load_dataset(cfg.validation_data, resolution=self.data.dim, seed=cfg.seed + 1)
-                    if cfg.validation_data else None)
+        model_cfg = plan.model
         if model_cfg is None:
-            model_cfg = make_spec(*_new_model_flags(cfg), self.data.dim, cfg.output_activation).to_dict()
+            model_cfg = make_spec(cfg.arch or "rasgan64", 1.0 if cfg.width is None else cfg.width, self.data.dim,
+                                  cfg.output_activation).to_dict()
         self.spec = model_cfg
-        for key in _MODEL_FLAGS:   # config.json's settings name the model trained
+        for key in MODEL_FLAGS:   # config.json's settings name the model trained
             setattr(cfg, key, model_cfg[key])
         batch = cfg.batchsize
         if batch > len(self.data):
@@ -230,7 +110,6 @@ class _Run:
                                f"--strategy {cfg.strategy}; use a multiple of {replicas}")
         self.batch, self.replicas = batch, replicas
         self.precision = cfg.precision or default_precision()
-        self.schedule = parse_lr_schedule(cfg.lr_schedule, cfg.glr, cfg.dlr)
 
         g_lr, d_lr = lr_at(self.schedule, 0)
         kwargs = dict(batch_size=batch, loss=cfg.loss, d_rule=cfg.d_rule, g_lr=g_lr, d_lr=d_lr,
@@ -251,14 +130,15 @@ class _Run:
             (1, model_cfg["latent_dim"])).astype(np.float32)   # the same latent vector for every sample
         self.history = {k: np.zeros(0, np.float32) for k in HISTORY_KEYS}
         self.epoch = 0
-        if checkpoint is not None:
-            self._restore(checkpoint)
+        if plan.checkpoint is not None:
+            self._restore(plan.checkpoint)
         if self.worker != 0:   # multi-worker: only the chief (worker 0) writes the run folder
             import tempfile
 
             self.dir = Path(tempfile.mkdtemp(prefix=f"tf3dgan-worker{self.worker}-")) / cfg.name
         self._write_config()
         self.writer = SummaryWriter(self.dir / "logs")
+        self.label = describe(self.spec)
 
     # -------------------------------------------------------------- setup helpers
     def _make_strategy(self):
@@ -278,23 +158,6 @@ class _Run:
             split_cpu(cfg.cpu_devices)
         return make_strategy(cfg.strategy)
 
-    def _find_checkpoint(self) -> Path | None:
-        cfg = self.cfg
-        existing = runs.saved_epochs(self.dir) or runs.checkpoint_path(self.dir).exists()
-        if not cfg.load:
-            if existing:
-                raise Tf3dganError(f"{self.dir} already holds a run with checkpoints; resume it with -l "
-                                   f"(or -l -le EPOCH), or choose another -n name")
-            return None
-        if not self.dir.is_dir():
-            raise CheckpointError(f"{self.dir}: no such run to resume (-l); check -n and --out")
-        path = runs.checkpoint_path(self.dir, cfg.load_epoch)
-        if not path.exists():
-            epochs = runs.saved_epochs(self.dir)
-            have = ", ".join(map(str, epochs)) if epochs else "none"
-            raise CheckpointError(f"{path}: no such checkpoint (saved epochs: {have})")
-        return path
-
     def _restore(self, path: Path) -> None:
         arrays, meta = runs.load_checkpoint(path)
         hist = {k[len("history/"):]: arrays.pop(k) for k in list(arrays) if k.startswith("history/")}
@@ -306,21 +169,34 @@ class _Run:
         print(f"resumed {self.dir} from {path.name} ({where})")
 
     def _write_config(self) -> None:
-        config = {"tf3dgan": __import__("tf3dgan").__version__, "settings": self.cfg.to_dict(),
+        settings = self.cfg.to_dict()
+        saved = self.plan.saved
+        if saved is not None:   # a resumed run: its own settings, with the changes the user asked for
+            settings = dict(saved.get("settings") or {}, **{key: new for key, _, new in self.plan.changes})
+            for key in set(self.cfg.to_dict()) - set(settings) - set(PER_INVOCATION):
+                settings[key] = getattr(self.cfg, key)   # settings newer than the run's config.json
+        data = {"source": self.data.source, "count": len(self.data), "dim": self.data.dim}
+        if getattr(self.data, "pooled_from", None):
+            data.update(pooled_from=self.data.pooled_from, pool_min=self.data.pool_min)
+        config = {"tf3dgan": __import__("tf3dgan").__version__, "settings": settings,
                   "model": self.spec, "precision": self.precision, "batch_size": self.batch,
-                  "data": {"source": self.data.source, "count": len(self.data), "dim": self.data.dim},
+                  "data": data,
                   "validation": None if self.val is None else {"source": self.val.source, "count": len(self.val)},
                   "steps_per_epoch": self.trainer.steps_per_epoch, "lr_schedule": self.schedule,
                   "loss": self.trainer.objective.name, "d_rule": self.trainer.d_rule, "backend": self.backend,
                   "replicas": self.replicas}
+        if saved is not None and _same_json(saved, config):
+            return   # an exact resume leaves config.json as it was
         runs.write_config(self.dir, config)
 
     # -------------------------------------------------------------- the loop
     def train(self) -> Path:
         cfg, trainer = self.cfg, self.trainer
         steps = trainer.steps_per_epoch
-        print(f"training {self.dir}: {len(self.data)} grids of {self.data.dim}³ from {self.data.source}, "
-              f"{self.spec['arch']} width {self.spec['width']}, batch {self.batch}, "
+        pooled = (f" (pooled from {self.data.pooled_from}³, a cell set when >= {self.data.pool_min} of its voxels are)"
+                  if getattr(self.data, "pooled_from", None) else "")
+        print(f"training {self.dir}: {len(self.data)} grids of {self.data.dim}³{pooled} from {self.data.source}, "
+              f"{self.label}, batch {self.batch}, "
               f"{steps} steps/epoch, {self.precision}, loss {trainer.objective.name}, D rule {trainer.d_rule}"
               + (f", {self.replicas} replicas ({type(self.strategy).__name__}"
                  f"{', synchronized BatchNorm' if self.cfg.sync_bn else ''})" if self.strategy is not None else ""))
@@ -337,10 +213,10 @@ class _Run:
                         self.writer.flush()
                     path = self._save(numbered=False)
                     where = f"epoch {self.epoch}" + (f", step {trainer.position}" if trainer.position < steps else "")
-                    print(f"{stop.signal}: stopped after {where}; saved {path} "
-                          f"(resume with: -n {cfg.name} -l)")
+                    print(f"{stop.signal}: stopped after {where}; saved {path}; resume with: "
+                          f"{resume_command(cfg.name, cfg.out)}")
                     return self.dir
-        print(f"done: {cfg.epochs} epochs; run folder {self.dir}")
+        print(f"done: {_plural(cfg.epochs, 'epoch')}; run folder {self.dir}")
         return self.dir
 
     def _train_epoch(self, stop):
@@ -412,28 +288,35 @@ class _Run:
             np.save(tmp, grid.astype(np.float32))
 
     def _save_loss_graph(self) -> None:
+        from . import plots   # matplotlib and scipy load when the first graph is due, not before the checks
+
         h = self.history
         val = h["val_loss"] if self.val is not None else None
         g_lr, d_lr = self.trainer.learning_rates
         plots.save_loss_plot(self.dir / "plots" / f"{self.epoch}.png", h["d_loss"], h["g_loss"], h["epoch"], val,
-                             title=f"{self.spec['arch']} {self.trainer.objective.name} "
+                             title=f"{self.label} {self.trainer.objective.name} "
                                    f"[lrG={g_lr:.5f}, lrD={d_lr:.5f}]")
         names = {"d_loss": "track_d_loss", "g_loss": "track_g_loss", "val_loss": "track_d_validation_loss",
                  "epoch": "epochs", "d_trained": "track_d_trained", "ratio": "track_gd_ratio"}
+        if self.val is None:   # no -v: no validation curve
+            del names["val_loss"]
         for key, stem in names.items():
             with atomic_path(self.dir / "plots" / f"{stem}.npy") as tmp:
                 np.save(tmp, h[key])
 
     def _save_graph3d(self, grid: np.ndarray) -> None:
+        from . import plots
+
         threshold = 0.5 if self.spec["output_activation"] == "sigmoid" else 0.3
-        title = f"{self.spec['arch']} [Epoch={self.epoch}]"
+        title = f"{self.label} [Epoch={self.epoch}]"
         plots.save_voxel_graph(self.dir / "3D_graphs" / f"{self.epoch}.png", grid, title, threshold,
                                style=self.cfg.graph_style)
-        self.writer.image("sample/graph", plots.voxel_graph_image(grid, title, threshold, style="shaded"), self.epoch)
+        step = len(self.history["d_loss"])   # TensorBoard: one step axis (global train steps) for everything
+        self.writer.image("sample/graph", plots.voxel_graph_image(grid, title, threshold, style="shaded"), step)
         points = plots.surface_voxels(grid, threshold).astype(np.float32)
         height = points[:, 1] / max(grid.shape[1] - 1, 1)
         colors = np.stack([255 * height, 96 + 0 * height, 255 * (1 - height)], -1).astype(np.uint8)
-        self.writer.points("sample/voxels", points, colors, self.epoch)
+        self.writer.points("sample/voxels", points, colors, step)
 
     def _log_step_scalars(self, results) -> None:
         """Per-step losses, at global step numbers (the history already holds these steps)."""
@@ -465,9 +348,32 @@ def _postfix(metrics: dict) -> str:
     return f"d_loss={d:.4f} g_loss={g:.4f} TrainD={train_d} G/D={int(np.asarray(metrics['ratio'])[-1])}"
 
 
-def fit(cfg: TrainConfig) -> Path:
-    """Train (or resume) the run described by ``cfg``; returns the run folder."""
-    for field in ("epochs", "batchsize", "sample", "save", "graph", "graph3d", "steps_per_call"):
-        if getattr(cfg, field) < 1:
-            raise Tf3dganError(f"--{field.replace('_', '-')} must be at least 1, got {getattr(cfg, field)}")
-    return _Run(cfg).train()
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _same_json(a: dict, b: dict) -> bool:
+    """Equal once written as JSON (tuples and lists alike)."""
+    import json
+
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def fit(cfg: TrainConfig, given: set[str] | None = None) -> Path:
+    """Train (or resume) the run described by ``cfg``; returns the run folder.
+
+    ``given``: the settings the user gave explicitly; on a resume (``cfg.load``) every other
+    setting comes from the run's ``config.json`` (default: the fields that differ from
+    :class:`TrainConfig`'s defaults). Everything that can be checked without Keras — settings,
+    the run folder, the checkpoint, the data — is checked before TensorFlow is imported."""
+    from .cli import import_tensorflow_quietly, keras_backend
+
+    plan = prepare(cfg, given)
+    try:
+        for key, old, new in plan.changes:
+            print(f"resuming with {describe_change(key, old, new)}")
+        import_tensorflow_quietly(required=keras_backend() == "tensorflow")
+        return _Run(plan).train()
+    finally:
+        if plan.lock is not None:
+            plan.lock.release()

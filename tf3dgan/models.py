@@ -34,6 +34,8 @@ same weights and outputs.
 """
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import layers
 

@@ -6,8 +6,9 @@ Layout (``savepoint/<name>/``)::
     <epoch>.npy              generated samples
     plots/  3D_graphs/  logs/  models/
     checkpoints/ckpt-<epoch>.npz   full training state after <epoch> epochs (kept: the newest --keep)
-    checkpoints/latest.npz         the newest state (a hard link to the newest ckpt, or an
-                                   interrupted run's mid-epoch state)
+    checkpoints/latest.npz         the newest state: a copy of the newest ckpt (its own file, so
+                                   damage to one leaves the other), or an interrupted run's
+                                   mid-epoch state
     generator.weights.h5     the generator alone (Keras weights) for generate/sample tools
 
 A checkpoint is one ``.npz`` written to a temporary file and renamed into place, so a
@@ -20,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,9 @@ LATEST = "latest.npz"
 GENERATOR_WEIGHTS = "generator.weights.h5"
 _CKPT_RE = re.compile(r"^ckpt-(\d+)\.npz$")
 _META_KEY = "__meta__"
+LOCK_NAME = ".lock"
+#: The folders of a run that only its trainer writes (its stale temporary files are safe to remove).
+TRAINER_FOLDERS = ("", CHECKPOINT_DIR, "plots", "3D_graphs")
 
 
 def run_path(out: str | os.PathLike, name: str) -> Path:
@@ -110,13 +113,67 @@ def save_checkpoint(run_dir: Path, arrays: dict[str, np.ndarray], meta: dict, *,
 
 
 def _link_latest(target: Path) -> None:
-    latest = target.parent / LATEST
-    with atomic_path(latest) as tmp:
-        tmp.unlink()
+    """``latest.npz`` as its own copy of ``target`` (not a hard link: damage to one file must leave
+    the other readable, so ``-l`` and ``-le N`` each still have a checkpoint)."""
+    import shutil
+
+    with atomic_path(target.parent / LATEST) as tmp:
+        shutil.copyfile(target, tmp)
+
+
+class RunLock:
+    """An exclusive lock on a run folder (``.lock``, holding the trainer's pid), released when the
+    process ends however it ends; a second trainer on the same run is refused."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_NAME
+        self._file = None
         try:
-            os.link(target, tmp)   # no second copy on disk
+            import fcntl
+        except ImportError:   # no flock (Windows): no lock
+            return
+        try:
+            f = open(self.path, "a+")
+        except OSError as e:
+            from .errors import write_error
+            raise write_error(self.path, e) from None
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            tmp.write_bytes(target.read_bytes())
+            f.seek(0)
+            pid = f.read().strip() or "?"
+            f.close()
+            raise Tf3dganError(f"{run_dir} is being trained by another process (pid {pid}); wait for it to "
+                               "finish or stop it (Ctrl-C saves) before starting this one") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._file = f
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def lock_run(run_dir: Path) -> RunLock:
+    return RunLock(run_dir)
+
+
+def checkpoint_meta(path: Path) -> dict:
+    """A checkpoint's metadata alone (epoch, step, model, ...), without reading its arrays."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if _META_KEY not in z.files:
+                raise CheckpointError(f"{path}: not a tf3dgan checkpoint (no metadata entry)")
+            return json.loads(str(z[_META_KEY]))
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - damage inside an entry surfaces as zipfile, NumPy or tokenize errors
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({numpy_load_reason(e)})"
+                              + _other_checkpoints(path)) from None
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
@@ -130,9 +187,21 @@ def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
         meta = json.loads(str(arrays.pop(_META_KEY)))
     except KeyError:
         raise CheckpointError(f"{path}: not a tf3dgan checkpoint (no metadata entry)") from None
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({numpy_load_reason(e)})") from None
+    except Exception as e:  # noqa: BLE001 - damage inside an entry surfaces as zipfile, NumPy or tokenize errors
+        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({numpy_load_reason(e)})"
+                              + _other_checkpoints(path)) from None
     return arrays, meta
+
+
+def _other_checkpoints(path: Path) -> str:
+    """For a damaged checkpoint of a run: the other ones it can resume from."""
+    if path.parent.name != CHECKPOINT_DIR:
+        return ""
+    epochs = [e for e in saved_epochs(path.parent.parent) if checkpoint_path(path.parent.parent, e) != path]
+    if not epochs:
+        return ""
+    return f"; the run's other checkpoints: -le {epochs[-1]}" + (f" (saved epochs: {', '.join(map(str, epochs))})"
+                                                                  if len(epochs) > 1 else "")
 
 
 def export_generator(run_dir: Path, generator) -> Path:
@@ -163,6 +232,10 @@ def generator_source(run_dir: Path | None = None, weights: Path | None = None, e
     if not source.is_file():
         raise CheckpointError(f"{source}: no such weights file (a run writes checkpoints/ and {GENERATOR_WEIGHTS} "
                               "at every -save epoch)")
+    if source.suffix.lower() not in (".npz", ".h5"):
+        what = " (a .npy holds voxel grids, e.g. a run's samples, not weights)" if source.suffix.lower() == ".npy" else ""
+        raise CheckpointError(f"{source}: not a checkpoint{what}; give a checkpoint .npz "
+                              f"(checkpoints/ckpt-NNNNNN.npz, latest.npz) or a {GENERATOR_WEIGHTS} file")
     return source
 
 

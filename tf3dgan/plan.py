@@ -1,0 +1,331 @@
+"""Everything a training run settles before TensorFlow loads: its settings, its folder, its data.
+
+:func:`prepare` turns a :class:`TrainConfig` (and the names of the flags the user actually gave)
+into a :class:`RunPlan`. It checks the settings, finds the run folder and the checkpoint to
+resume, takes **every** setting of a resumed run from its ``config.json`` (a flag given on the
+command line wins and is announced, one line per changed setting; the model flags and the seed
+cannot change), refuses a resume that has nothing left to train, locks the run folder against a
+second trainer, removes the temporary files an interrupted save left behind, and loads the data.
+None of this imports Keras, so a wrong path or a missing run is reported within a second.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import runs
+from .atomic import stale_temps
+from .errors import CheckpointError, Tf3dganError, write_error
+from .spec import make_spec
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a training run (saved as ``config.json``'s ``settings``)."""
+
+    name: str = "Test"
+    data: str = "ModelNet10/chair/train"
+    validation_data: str = ""
+    epochs: int = 2500
+    batchsize: int = 24
+    sample: int = 10
+    save: int = 10
+    graph: int = 10
+    graph3d: int = 10
+    graph_style: str = "scatter"
+    load: bool = False
+    load_epoch: int | None = None
+    glr: float = 0.002
+    dlr: float = 0.00005
+    arch: str | None = None              # None: rasgan64 for a new run, the saved one for a resumed run
+    loss: str = "rasgan"
+    d_rule: str | None = None
+    precision: str | None = None
+    lr_schedule: str | None = None
+    seed: int = 0
+    width: float | None = None           # None: 1.0 for a new run, the saved one for a resumed run
+    resolution: int | None = None
+    pool_min: int = 1
+    output_activation: str | None = None
+    xla: bool = False
+    strategy: str = "auto"
+    sync_bn: bool = True
+    cpu_devices: int = 0
+    conv_transpose: str = "native"
+    steps_per_call: int = 1
+    out: str = "savepoint"
+    keep: int = 10
+    deterministic: bool = False
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+#: Settings of one invocation rather than of the run: never taken from config.json, never announced.
+PER_INVOCATION = ("name", "out", "load", "load_epoch", "progress")
+#: The model flags: a resumed run keeps the model it was made with.
+MODEL_FLAGS = {"arch": "--arch", "width": "--width", "resolution": "--resolution",
+               "output_activation": "--output-activation"}
+#: Settings a resumed run cannot change: the model, and the seed of its random stream.
+FIXED_ON_RESUME = {**MODEL_FLAGS, "seed": "--seed"}
+#: The command-line flag of each setting, for messages.
+FLAGS = {"data": "-d", "validation_data": "-v", "epochs": "-e", "batchsize": "-b", "sample": "-sample",
+         "save": "-save", "graph": "-graph", "graph3d": "-graph3d", "glr": "-glr", "dlr": "-dlr"}
+
+
+def flag_of(key: str) -> str:
+    return FIXED_ON_RESUME.get(key) or FLAGS.get(key) or "--" + key.replace("_", "-")
+
+
+def given_fields(cfg: TrainConfig) -> set[str]:
+    """For the Python API: the settings that differ from :class:`TrainConfig`'s defaults count as given."""
+    default = TrainConfig()
+    return {f.name for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(default, f.name)}
+
+
+# ---------------------------------------------------------------------- learning-rate schedule
+def parse_lr_schedule(spec: str | None, glr: float, dlr: float) -> list[tuple[int, float, float]]:
+    """``"0:0.002/0.00005,300:0.005/0.00005"`` (epoch:G/D, ...) or a JSON file holding
+    ``{"0": [0.002, 0.00005], "300": {"g": 0.005, "d": 0.00005}}``.  Epochs before the first
+    entry use ``-glr``/``-dlr``.  Returns sorted ``(start_epoch, g_lr, d_lr)`` entries."""
+    entries = [(0, float(glr), float(dlr))]
+    if not spec:
+        return entries
+    try:
+        if os.path.isfile(spec):
+            with open(spec, encoding="utf-8") as f:
+                raw = json.load(f)
+            items = raw.items() if isinstance(raw, dict) else [(r["epoch"], r) for r in raw]
+            for epoch, value in items:
+                g, d = (value["g"], value["d"]) if isinstance(value, dict) else value
+                entries.append((int(epoch), float(g), float(d)))
+        else:
+            for part in filter(None, (p.strip() for p in spec.split(","))):
+                epoch, rates = part.split(":")
+                g, d = rates.split("/")
+                entries.append((int(epoch), float(g), float(d)))
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise Tf3dganError(f"--lr-schedule {spec!r}: expected 'EPOCH:GLR/DLR,...' or a JSON file of "
+                           f"{{\"EPOCH\": [GLR, DLR]}} ({type(e).__name__}: {e})") from None
+    if any(e < 0 or g <= 0 or d <= 0 for e, g, d in entries):
+        raise Tf3dganError(f"--lr-schedule {spec!r}: epochs must be >= 0 and rates > 0")
+    by_epoch = {e: (g, d) for e, g, d in entries}   # a later entry for epoch 0 replaces -glr/-dlr
+    return sorted((e, g, d) for e, (g, d) in by_epoch.items())
+
+
+def lr_at(schedule, epoch: int) -> tuple[float, float]:
+    g, d = schedule[0][1:]
+    for start, g_lr, d_lr in schedule:
+        if start <= epoch:
+            g, d = g_lr, d_lr
+    return g, d
+
+
+# ---------------------------------------------------------------------- the plan
+@dataclass
+class RunPlan:
+    """A run ready to build: settled settings, its folder, what to resume from, its data."""
+
+    cfg: TrainConfig
+    dir: Path
+    checkpoint: Path | None             # the checkpoint to resume from (None: a new run)
+    saved: dict | None                  # the resumed run's config.json
+    model: dict | None                  # the resumed run's model spec (a new run's is made from the data)
+    data: object                        # data.VoxelDataset
+    val: object | None
+    schedule: list
+    changes: list[tuple] = field(default_factory=list)   # (setting, old, new) of a resumed run
+    lock: object | None = None
+
+
+def resume_command(name: str, out) -> str:
+    """The whole command that resumes the run ``out/name``, ready to paste."""
+    prog = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    base = Path(prog).name
+    if base == "train.py":
+        cmd = ["python", prog]
+    elif base.startswith("tf3dgan-train"):
+        cmd = [base]
+    else:                                   # called from Python (fit()): the tool's usual form
+        cmd = ["python", "tools/train.py"]
+    return shlex.join([*cmd, "-n", name, "--out", os.fspath(out), "-l"])
+
+
+def absolute_spec(spec: str) -> str:
+    """A data spec with its path made absolute (so a resumed run finds it from any folder); synthetic
+    specs and paths that do not exist are kept as given."""
+    if not spec or spec.startswith("synthetic:"):
+        return spec
+    head, sep, key = spec.rpartition(":")
+    if sep and head.lower().endswith(".npz") and key and not Path(spec).exists():
+        path, suffix = Path(head), f":{key}"
+    else:
+        path, suffix = Path(spec), ""
+    return f"{path.resolve()}{suffix}" if path.exists() else spec
+
+
+def _check_settings(cfg: TrainConfig) -> None:
+    for name in ("epochs", "batchsize", "sample", "save", "graph", "graph3d", "steps_per_call", "pool_min"):
+        if getattr(cfg, name) < 1:
+            raise Tf3dganError(f"{flag_of(name)} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.cpu_devices < 0:
+        raise Tf3dganError(f"--cpu-devices must be >= 0 (0: no split), got {cfg.cpu_devices}")
+    if cfg.keep < 0:
+        raise Tf3dganError(f"--keep must be >= 0 (0: keep all), got {cfg.keep}")
+    if cfg.load_epoch is not None and cfg.load_epoch < 0:
+        raise Tf3dganError(f"-le must be >= 0, got {cfg.load_epoch}")
+
+
+def _reconcile(cfg: TrainConfig, given: set[str], saved: dict, run_dir: Path) -> tuple[TrainConfig, list[tuple]]:
+    """The resumed run's settings: config.json's, except flags given on the command line (which win,
+    each change said in one line); a given model flag or seed that differs is refused."""
+    settings = dict(saved.get("settings") or {})
+    model = saved.get("model") or {}
+    resolved = {"precision": saved.get("precision"), "d_rule": saved.get("d_rule")}  # what the run really used
+    values, changes = cfg.to_dict(), []
+    for key in values:
+        if key in PER_INVOCATION:
+            continue
+        old = model.get(key, settings.get(key)) if key in MODEL_FLAGS else settings.get(key)
+        if old is None and resolved.get(key) is not None:
+            old = resolved[key]
+        if key not in given:
+            if key in settings or key in MODEL_FLAGS or key in resolved:
+                values[key] = old
+            continue
+        new = values[key]
+        if key in ("data", "validation_data"):
+            new = values[key] = absolute_spec(new)
+        if new == old:
+            continue
+        if key in FIXED_ON_RESUME:
+            what = "keeps its model" if key in MODEL_FLAGS else "continues its own random stream"
+            raise Tf3dganError(f"{flag_of(key)} {new} does not match the run being resumed ({run_dir}: {key} {old}); "
+                               f"a resumed run {what}: drop {flag_of(key)} or start a new run with another -n")
+        changes.append((key, old, new))
+    return TrainConfig(**values), changes
+
+
+def describe_change(key: str, old, new) -> str:
+    """``epochs 3 → 10 (-e)``: one changed setting of a resumed run."""
+    show = lambda v: repr(v) if isinstance(v, str) or v is None else str(v)  # noqa: E731
+    return f"{key} {show(old)} → {show(new)} ({flag_of(key)})"
+
+
+def _checkpoint_for(cfg: TrainConfig, run_dir: Path) -> Path | None:
+    existing = runs.saved_epochs(run_dir) or runs.checkpoint_path(run_dir).exists()
+    if not cfg.load:
+        if existing:
+            raise Tf3dganError(f"{run_dir} already holds a run with checkpoints; resume it with "
+                               f"{resume_command(cfg.name, cfg.out)} (add -le EPOCH for an earlier one), "
+                               "or choose another -n name")
+        return None
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: no such run to resume (-l); check -n and --out "
+                              f"(runs there: {_runs_in(run_dir.parent)})")
+    path = runs.checkpoint_path(run_dir, cfg.load_epoch)
+    if not path.exists():
+        epochs = runs.saved_epochs(run_dir)
+        if not epochs:
+            raise CheckpointError(f"{run_dir} has no checkpoint yet (it stopped before its first -save); "
+                                  "drop -l to start it afresh")
+        raise CheckpointError(f"{path}: no such checkpoint (saved epochs: {', '.join(map(str, epochs))}; "
+                              f"-l alone resumes the newest)")
+    return path
+
+
+def _runs_in(folder: Path) -> str:
+    try:
+        names = sorted(p.name for p in folder.iterdir() if (p / runs.CONFIG_NAME).is_file())
+    except OSError:
+        names = []
+    return ", ".join(names[:10]) + (" ..." if len(names) > 10 else "") if names else "none"
+
+
+def _check_not_done(cfg: TrainConfig, path: Path, run_dir: Path) -> None:
+    meta = runs.checkpoint_meta(path)
+    done = int(meta.get("epoch", 0))
+    if done >= cfg.epochs:
+        ask = (f"-e {cfg.epochs} asks for no more" if cfg.epochs < done else f"it is complete ({done} of {cfg.epochs} epochs)")
+        raise Tf3dganError(f"{run_dir} has trained {done} epochs already and {ask}; "
+                           f"give -e N with N > {done} to train on")
+
+
+def _is_chief(cfg: TrainConfig) -> bool:
+    """False for the workers other than 0 of a multi-worker run (they write no run folder)."""
+    if cfg.strategy != "multiworker":
+        return True
+    try:
+        task = json.loads(os.environ.get("TF_CONFIG", "{}")).get("task", {})
+        return int(task.get("index", 0)) == 0
+    except (ValueError, TypeError, AttributeError):
+        return True
+
+
+def _take_folder(run_dir: Path, report=print):
+    """Create/lock the run folder and remove stale temporary files of an interrupted save."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise write_error(run_dir, e) from None
+    lock = runs.lock_run(run_dir)
+    stale = [p for folder in runs.TRAINER_FOLDERS for p in stale_temps(run_dir / folder, recursive=False)]
+    removed = 0
+    for p in stale:
+        try:
+            size = p.stat().st_size
+            p.unlink()
+            removed += size
+        except OSError:
+            pass
+    if stale:
+        report(f"removed {len(stale)} temporary file{'s' if len(stale) != 1 else ''} "
+               f"({removed / 1e6:.1f} MB) left in {run_dir} by an interrupted save")
+    return lock
+
+
+def prepare(cfg: TrainConfig, given: set[str] | None = None, report=print) -> RunPlan:
+    """Settle a run before any model is built (see the module docstring). ``given``: the settings
+    the user gave explicitly (default: those that differ from :class:`TrainConfig`'s defaults)."""
+    from . import data as data_lib
+
+    cfg = dataclasses.replace(cfg)
+    given = given_fields(cfg) if given is None else set(given)
+    if cfg.load_epoch is not None:
+        cfg.load = True
+    _check_settings(cfg)
+    run_dir = runs.run_path(cfg.out, cfg.name)
+    checkpoint = _checkpoint_for(cfg, run_dir)
+    saved, model, changes = None, None, []
+    if cfg.load:
+        saved = runs.read_config(run_dir)
+        cfg, changes = _reconcile(cfg, given, saved, run_dir)
+        model = saved.get("model")
+        if not model:
+            raise CheckpointError(f"{run_dir / runs.CONFIG_NAME}: has no model description")
+        _check_settings(cfg)
+        _check_not_done(cfg, checkpoint, run_dir)
+    else:
+        try:   # the model flags, checked before any data is read (a resumed run has its own)
+            make_spec(cfg.arch or "rasgan64", 1.0 if cfg.width is None else cfg.width, cfg.resolution,
+                      cfg.output_activation)
+        except ValueError as e:
+            raise Tf3dganError(f"model settings: {e}") from None
+        cfg.data, cfg.validation_data = absolute_spec(cfg.data), absolute_spec(cfg.validation_data)
+    schedule = parse_lr_schedule(cfg.lr_schedule, cfg.glr, cfg.dlr)
+    chief = _is_chief(cfg)
+    lock = _take_folder(run_dir, report) if chief and cfg.load else None
+    want_res = model["resolution"] if model else cfg.resolution
+    pool = {"pool_min": cfg.pool_min} if cfg.pool_min != 1 else {}   # TEMP until data.load_dataset has pool_min
+    data = data_lib.load_dataset(cfg.data, resolution=want_res, seed=cfg.seed, **pool)
+    val = (data_lib.load_dataset(cfg.validation_data, resolution=data.dim, seed=cfg.seed + 1, **pool)
+           if cfg.validation_data else None)
+    if chief and not cfg.load:
+        lock = _take_folder(run_dir, report)
+    return RunPlan(cfg, run_dir, checkpoint, saved, model, data, val, schedule, changes, lock)
