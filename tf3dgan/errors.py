@@ -39,6 +39,10 @@ def write_error(path, exc: OSError) -> WriteError:
         return WriteError(f"cannot write {path}: {reason}{where}; free some space and run again")
     if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
         return WriteError(f"cannot write {path}: {reason}; choose a writable location")
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is not None and blocker != path:
+            return WriteError(f"cannot write {path}: {blocker} is a file, not a folder")
     return WriteError(f"cannot write {path}: {reason}")
 
 
