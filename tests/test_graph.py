@@ -1,6 +1,14 @@
 """tf3dgan.plots' voxel pictures (scatter and shaded) and tools/convert_to_graph.py."""
 from __future__ import annotations
 
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
@@ -8,10 +16,12 @@ import pytest
 from tf3dgan import plots
 from tf3dgan.binvox import read_binvox, read_raw
 
-from _cli import FIXTURES, error_line, tool
+from _cli import FIXTURES, REPO, error_line, tool
 
 CHAIR = FIXTURES / "chair" / "train" / "chair_0013.raw"
 MONITOR = FIXTURES / "meshes" / "ModelNet10" / "monitor" / "train" / "monitor_0249.binvox"
+WIN_NPZ = FIXTURES / "modelnet10_chair_64_win_small.npz"
+SHARED_CHAIRS = REPO.parent / "shared" / "data" / "voxels" / "modelnet10_chair_64_win.npz"
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +140,151 @@ def test_cli_errors(tmp_path):
     assert "no such run folder" in error_line(tool("convert_to_graph", "-n", "ghost", "--out", tmp_path))
     assert "--index 3 is out of range" in error_line(tool("convert_to_graph", "-f", CHAIR, "--index", "3"))
     assert not (tmp_path / "3D_graphs").exists()
+
+
+# --------------------------------------------------------------- training data, empty grids, outputs
+
+
+def test_tool_colormaps_and_view_are_plots_own():
+    from tools import convert_to_graph
+
+    assert convert_to_graph.COLORMAPS == plots.COLORMAPS and convert_to_graph.DEFAULT_VIEW == plots.DEFAULT_VIEW
+
+
+@pytest.mark.skipif(not SHARED_CHAIRS.exists(), reason="needs shared/data/voxels (the 875 training chairs)")
+def test_cli_sheet_of_the_training_npz(tmp_path):
+    out = tmp_path / "sheet.png"
+    proc = tool("convert_to_graph", "-f", f"{SHARED_CHAIRS}:train", "--grid", "4x4", "-o", out)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"wrote {out}") and "empty" not in proc.stdout
+    sheet = not_blank(out)
+    assert abs(sheet.shape[0] - sheet.shape[1]) < 0.1 * sheet.shape[1]
+
+
+def test_cli_every_dataset_source(tmp_path):
+    from tf3dgan import data
+
+    folder = tmp_path / "train"
+    folder.mkdir()
+    for stem in ("chair_0013", "chair_0037", "chair_0040"):
+        shutil.copy(FIXTURES / "chair" / "train" / f"{stem}.raw", folder)
+    proc = tool("convert_to_graph", "-f", folder, "--grid", "1x3", "--style", "shaded")   # default: beside the folder
+    assert proc.returncode == 0, proc.stderr
+    sheet = not_blank(tmp_path / "3D_graphs" / "train.png")
+    assert sheet.shape[1] > 2 * sheet.shape[0]
+    data.write_cache(folder, data.load_dataset(folder))
+    for spec in (folder / data.CACHE_NAME, f"{WIN_NPZ}:test", WIN_NPZ, "synthetic:chairs:n=4:res=16"):
+        out = tmp_path / "pictures" / "x.png"
+        proc = tool("convert_to_graph", "-f", spec, "--grid", "2x2", "--style", "shaded", "--tile", "1.2", "-o", out)
+        assert proc.returncode == 0, (spec, proc.stderr)
+        not_blank(out)
+        out.unlink()
+    proc = tool("convert_to_graph", "-f", f"{WIN_NPZ}:test", "--index", "-1", "-o", tmp_path / "last.png")
+    assert proc.returncode == 0, proc.stderr
+    not_blank(tmp_path / "last.png")
+    assert "--index 4 is out of range (it holds 4 grids)" in error_line(
+        tool("convert_to_graph", "-f", f"{WIN_NPZ}:test", "--index", "4"))
+    assert "npz has no key 'valid'" in error_line(tool("convert_to_graph", "-f", f"{WIN_NPZ}:valid"))
+    assert "ghost: no such file or folder" in error_line(tool("convert_to_graph", "-f", tmp_path / "ghost"))
+
+
+def test_sheet_unpacks_only_the_grids_drawn(tmp_path, monkeypatch):
+    from tf3dgan import data
+    from tools import convert_to_graph
+
+    asked = []
+    real = data.VoxelDataset.grids
+
+    def counting(self, idx=None):
+        assert idx is not None, "unpacked the whole dataset"
+        asked.extend(np.atleast_1d(np.arange(len(self))[idx]).tolist())
+        return real(self, idx)
+
+    monkeypatch.setattr(data.VoxelDataset, "grids", counting)
+    assert convert_to_graph.main(["-f", str(WIN_NPZ), "--grid", "1x2", "--style", "shaded",
+                                  "-o", str(tmp_path / "s.png")]) == 0
+    assert sorted(asked) == [0, 1]
+
+
+def test_cli_empty_grids(tmp_path, chair):
+    np.save(tmp_path / "zero.npy", np.zeros((16, 16, 16), np.float32))
+    low = np.zeros((2, 16, 16, 16), np.float32)
+    low[:, 4:8, 4:8, 4:8] = 0.2
+    np.save(tmp_path / "low.npy", low)
+    line = error_line(tool("convert_to_graph", "-f", tmp_path / "zero.npy"))
+    assert line == f"error: {tmp_path / 'zero.npy'}: no voxel above --threshold 0.3: the grid is empty (every value is 0)"
+    # the same line as convert_to_obj's
+    assert error_line(tool("convert_to_obj", "-f", tmp_path / "zero.npy")) == line
+    line = error_line(tool("convert_to_graph", "-f", tmp_path / "low.npy", "--index", "1", "--style", "shaded"))
+    assert line == (f"error: {tmp_path / 'low.npy'}[1]: no voxel above --threshold 0.3 (the grid's largest value is "
+                    "0.2); give a lower --threshold (below 0.2) to see its voxels")
+    assert line == error_line(tool("convert_to_obj", "-f", tmp_path / "low.npy", "--index", "1"))
+    assert error_line(tool("convert_to_graph", "-f", tmp_path / "zero.npy", "--grid", "2x2")).endswith(
+        "the grid is empty (every value is 0)")                       # a sheet of one empty grid is that grid
+    assert not (tmp_path / "3D_graphs").exists()
+    proc = tool("convert_to_graph", "-f", tmp_path / "low.npy", "--threshold", "0.1", "--style", "shaded")
+    assert proc.returncode == 0, proc.stderr
+    not_blank(tmp_path / "3D_graphs" / "low.png")
+    # a sheet draws empty panels and says how many there were
+    np.save(tmp_path / "mixed.npy", np.stack([chair, np.zeros_like(chair), chair * 0.25]))
+    proc = tool("convert_to_graph", "-f", tmp_path / "mixed.npy", "--grid", "1x3", "--style", "shaded")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[-1] == ("2 of the 3 panels are empty (grids 1, 2: no voxel above --threshold 0.3); "
+                                            "a lower --threshold may show them")
+    not_blank(tmp_path / "3D_graphs" / "mixed.png")
+
+
+def test_cli_run_folder_skips_and_counts_empty_samples(tmp_path, chair):
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    np.save(run / "10.npy", np.zeros((2, 16, 16, 16), np.float32))
+    np.save(run / "20.npy", chair[None])
+    proc = tool("convert_to_graph", "-n", "r", "--out", tmp_path / "runs", "--style", "shaded")
+    assert proc.returncode == 0, proc.stderr
+    assert f"skipped {run / '10.npy'}: {run / '10.npy'}[0]: no voxel above --threshold 0.3" in proc.stdout
+    assert "drew 1 graph into" in proc.stdout and "skipped 1 with no voxel above --threshold 0.3" in proc.stdout
+    assert sorted(p.name for p in (run / "3D_graphs").iterdir()) == ["20.png"]
+
+
+def test_cli_unwritable_output_is_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    line = error_line(tool("convert_to_graph", "-f", CHAIR, "-o", blocker / "c.png"))
+    assert line.startswith(f"error: cannot write {blocker / 'c.png'}")
+    if os.geteuid() != 0:   # root writes into read-only folders: there only the simulation below applies
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        try:
+            line = error_line(tool("convert_to_graph", "-f", CHAIR, "-o", ro / "c.png"))
+            assert line.startswith(f"error: cannot write {ro / 'c.png'}") and "writable location" in line
+        finally:
+            ro.chmod(0o755)
+
+
+@pytest.mark.parametrize("code, words", [(errno.EROFS, "choose a writable location"), (errno.ENOSPC, "free some space")])
+def test_read_only_or_full_disk_is_one_line_in_process(tmp_path, monkeypatch, capsys, code, words):
+    from tools import convert_to_graph
+
+    def refuse(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    assert convert_to_graph.main(["-f", str(CHAIR), "--style", "shaded", "-o", str(tmp_path / "c.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: cannot write {tmp_path / 'c.png'}: ") and words in err
+    assert not list(tmp_path.iterdir())
+
+
+def imported_modules(*args) -> set[str]:
+    proc = subprocess.run([sys.executable, "-X", "importtime", *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+    return {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-f", "nope.npy"], ["-f", str(CHAIR), "--grid", "3"],
+                                  ["-f", str(CHAIR), "-o", "x.gif"], ["-f", str(CHAIR), "--style", "cartoon"],
+                                  ["-f", str(CHAIR), "--threshold", "2"]])
+def test_help_and_bad_flags_import_no_heavy_modules(args):
+    heavy = {"tensorflow", "keras", "jax", "torch", "trimesh", "scipy", "skimage", "matplotlib"}
+    assert not imported_modules(REPO / "tools" / "convert_to_graph.py", *args) & heavy

@@ -1,15 +1,22 @@
 """tf3dgan.mesh and tools/convert_to_obj.py."""
 from __future__ import annotations
 
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
 import numpy as np
 import pytest
 import trimesh
 
 from tf3dgan.binvox import read_raw
 from tf3dgan.errors import DataError
-from tf3dgan.mesh import grid_to_mesh, load_grids
+from tf3dgan.mesh import EmptyGridError, check_occupied, grid_to_mesh, load_grids
 
-from _cli import FIXTURES, error_line, tool
+from _cli import FIXTURES, REPO, error_line, tool
 
 CHAIR = FIXTURES / "chair" / "train" / "chair_0013.raw"
 S = 0.01
@@ -60,8 +67,10 @@ def test_threshold_matters():
     g[2:6, 1:8, 3] = 0.5
     assert grid_to_mesh(g, mesh="faces", threshold=0.3, scale=1).volume == pytest.approx(4 * 7 * 2)
     assert grid_to_mesh(g, mesh="faces", threshold=0.6, scale=1).volume == pytest.approx(4 * 7)
-    with pytest.raises(DataError, match="no voxel above threshold 0.95 in x.npy"):
+    with pytest.raises(EmptyGridError) as excinfo:
         grid_to_mesh(g, threshold=0.95, name="x.npy")
+    assert str(excinfo.value) == ("x.npy: no voxel above --threshold 0.95 (the grid's largest value is 0.9); "
+                                  "give a lower --threshold (below 0.9) to see its voxels")
 
 
 def test_load_shapes(tmp_path):
@@ -90,7 +99,8 @@ def test_cli_file_and_formats(tmp_path, chair):
         m = trimesh.load(tmp_path / f"out.{fmt}", force="mesh")
         assert m.is_watertight and m.volume == pytest.approx((chair > 0.3).sum() * S**3, rel=1e-6)
     p = tool("convert_to_obj", "-f", tmp_path / "s.npy", "--index", "1", timeout=60)
-    assert "no voxel above threshold 0.3 in" in error_line(p) and "s.npy[1]" in error_line(p)
+    assert error_line(p) == (f"error: {tmp_path / 's.npy'}[1]: no voxel above --threshold 0.3 (the grid's largest "
+                             "value is 0.25); give a lower --threshold (below 0.25) to see its voxels")
     p = tool("convert_to_obj", "-f", tmp_path / "s.npy", "--all", "--threshold", "0.2", "--mesh", "marching-cubes",
              "--smooth", "0.7", timeout=60)
     assert p.returncode == 0, p.stderr
@@ -117,7 +127,10 @@ def test_cli_errors(tmp_path):
     assert "bad.npy: voxel array has shape (2, 3, 4, 5, 6)" in error_line(tool("convert_to_obj", "-f", tmp_path / "bad.npy"))
     np.save(tmp_path / "zero.npy", np.zeros((4, 4, 4)))
     line = error_line(tool("convert_to_obj", "-f", tmp_path / "zero.npy"))
-    assert line == f"error: no voxel above threshold 0.3 in {tmp_path / 'zero.npy'}"
+    assert line == f"error: {tmp_path / 'zero.npy'}: no voxel above --threshold 0.3: the grid is empty (every value is 0)"
+    (tmp_path / "out.txt").write_text("not voxels")
+    assert "out.txt: unknown voxel file type '.txt'" in error_line(tool("convert_to_obj", "-f", tmp_path / "out.txt"))
+    assert "--scale must be positive" in error_line(tool("convert_to_obj", "-f", CHAIR, "--scale", "0"))
 
 
 def test_hand_made_grids():
@@ -136,3 +149,121 @@ def test_hand_made_grids():
     mc = grid_to_mesh(block, mesh="marching-cubes", scale=1)
     assert mc.is_watertight and mc.is_winding_consistent and mc.volume > 0
     assert len(grid_to_mesh(block, mesh="cubes", scale=1).faces) == 8 * 12   # every voxel of it is exposed
+
+
+# ------------------------------------------------------------------ empty grids, datasets, outputs
+
+
+def test_check_occupied_says_the_threshold_and_the_largest_value():
+    g = np.zeros((4, 4, 4), np.float32)
+    assert check_occupied(np.pad(np.ones((1, 1, 1)), 1), 0.3, "a").sum() == 1
+    with pytest.raises(EmptyGridError, match=r"^z: no voxel above --threshold 0.3: the grid is empty \(every value is 0\)$"):
+        check_occupied(g, 0.3, "z")
+    g[1, 2, 3] = -0.5
+    g[0, 0, 0] = 0.1
+    with pytest.raises(EmptyGridError) as excinfo:
+        check_occupied(g, 0.3, "s.npy[4]")
+    assert str(excinfo.value) == ("s.npy[4]: no voxel above --threshold 0.3 (the grid's largest value is 0.1); "
+                                  "give a lower --threshold (below 0.1) to see its voxels")
+    with pytest.raises(EmptyGridError, match="no finite value"):
+        check_occupied(np.full((2, 2, 2), np.nan), 0.3, "n")
+    assert issubclass(EmptyGridError, DataError)
+
+
+def test_nan_samples_are_refused(tmp_path):
+    g = np.full((2, 8, 8, 8), 0.9, np.float32)
+    g[1, :2] = np.nan
+    np.save(tmp_path / "nan.npy", g)
+    with pytest.raises(DataError, match="holds 128 NaN or infinite values of 1024 \\(the first in grid 1 of 2\\)"):
+        load_grids(tmp_path / "nan.npy")
+    line = error_line(tool("convert_to_obj", "-f", tmp_path / "nan.npy"))
+    assert "nan.npy: voxel array holds 128 NaN or infinite values" in line
+
+
+WIN_NPZ = FIXTURES / "modelnet10_chair_64_win_small.npz"
+
+
+def test_cli_dataset_sources(tmp_path):
+    from tf3dgan import data
+
+    test_split = data.load_dataset(f"{WIN_NPZ}:test")
+    p = tool("convert_to_obj", "-f", f"{WIN_NPZ}:test", "--index", "2", "--mesh", "faces", "-o", tmp_path / "c.ply",
+             timeout=60)
+    assert p.returncode == 0, p.stderr
+    m = trimesh.load(tmp_path / "c.ply", force="mesh", process=False)   # (STL would merge kept-apart vertices)
+    assert m.is_watertight and m.volume == pytest.approx(test_split.grids(2).sum() * S**3, rel=1e-6)
+    # a folder of .raw files (and its default output beside it), --index from the end
+    folder = tmp_path / "train"
+    folder.mkdir()
+    for stem in ("chair_0013", "chair_0037"):
+        shutil.copy(FIXTURES / "chair" / "train" / f"{stem}.raw", folder)
+    p = tool("convert_to_obj", "-f", folder, "--index", "-1", "--mesh", "faces", timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(f"wrote {tmp_path / 'train.obj'}")
+    m = trimesh.load(tmp_path / "train.obj", force="mesh")
+    assert m.volume == pytest.approx(read_raw(folder / "chair_0037.raw").sum() * S**3, rel=1e-6)
+    assert "--index 2 is out of range (it holds 2 grids)" in error_line(tool("convert_to_obj", "-f", folder, "--index", "2"))
+    # the dataset cache, synthetic shapes, --all
+    data.write_cache(folder, data.load_dataset(folder))
+    p = tool("convert_to_obj", "-f", folder / data.CACHE_NAME, "--all", "-o", tmp_path / "out" / "cached", timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert sorted(x.name for x in (tmp_path / "out").iterdir()) == ["cached_0.obj", "cached_1.obj"]
+    p = tool("convert_to_obj", "-f", "synthetic:boxes:n=2:res=8", "--all", "-o", tmp_path / "box.ply", timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "box_0.ply").exists() and (tmp_path / "box_1.ply").exists()
+    assert "nokey" in error_line(tool("convert_to_obj", "-f", f"{WIN_NPZ}:nokey"))
+    assert "ghost.npz: no such file or folder" in error_line(tool("convert_to_obj", "-f", tmp_path / "ghost.npz:train"))
+
+
+def test_cli_all_skips_and_counts_empty_grids(tmp_path, chair):
+    np.save(tmp_path / "s.npy", np.stack([chair, np.zeros_like(chair), chair * 0.2]))
+    p = tool("convert_to_obj", "-f", tmp_path / "s.npy", "--all", timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert sorted(x.name for x in tmp_path.glob("*.obj")) == ["s_0.obj"]
+    assert p.stdout.splitlines()[-1] == ("2 of the 3 grids are empty (grids 1, 2: no voxel above --threshold 0.3); "
+                                         "a lower --threshold may show them; not written")
+    np.save(tmp_path / "z.npy", np.zeros((2, 4, 4, 4)))
+    assert "none of its 2 grids has a voxel above --threshold 0.3" in error_line(
+        tool("convert_to_obj", "-f", tmp_path / "z.npy", "--all"))
+
+
+def test_cli_unwritable_output_is_one_line(tmp_path, chair):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    line = error_line(tool("convert_to_obj", "-f", CHAIR, "-o", blocker / "c.obj"))
+    assert line.startswith(f"error: cannot write {blocker / 'c.obj'}")
+    if os.geteuid() != 0:   # root writes into read-only folders: there only the simulation below applies
+        ro = tmp_path / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        try:
+            line = error_line(tool("convert_to_obj", "-f", CHAIR, "-o", ro / "c.obj"))
+            assert line.startswith(f"error: cannot write {ro / 'c.obj'}") and "writable location" in line
+        finally:
+            ro.chmod(0o755)
+
+
+@pytest.mark.parametrize("code, words", [(errno.EROFS, "choose a writable location"), (errno.ENOSPC, "free some space")])
+def test_read_only_or_full_disk_is_one_line_in_process(tmp_path, monkeypatch, capsys, code, words):
+    from tools import convert_to_obj
+
+    def refuse(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    assert convert_to_obj.main(["-f", str(CHAIR), "-o", str(tmp_path / "c.obj")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: cannot write {tmp_path / 'c.obj'}: ") and words in err
+    assert not list(tmp_path.iterdir())
+
+
+def imported_modules(*args) -> set[str]:
+    proc = subprocess.run([sys.executable, "-X", "importtime", *map(str, args)], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+    return {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines() if "|" in line}
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-f", "nope.npy"], ["-f", str(CHAIR), "--scale", "-1"]])
+def test_help_and_bad_flags_import_no_heavy_modules(args):
+    heavy = {"tensorflow", "keras", "jax", "torch", "trimesh", "scipy", "skimage", "matplotlib"}
+    assert not imported_modules(REPO / "tools" / "convert_to_obj.py", *args) & heavy

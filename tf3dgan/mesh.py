@@ -20,13 +20,14 @@ mesh is **z-up** like the ModelNet models.  Many OBJ viewers assume y-up: rotate
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .atomic import atomic_path
 from .binvox import read_binvox, read_raw
-from .data import as_batch
+from .data import SYNTHETIC_PREFIX, VoxelDataset, as_batch, check_finite, load_dataset, split_npz_key
 from .errors import DataError, Tf3dganError, numpy_load_reason
 
 MESH_KINDS = ("cubes", "faces", "marching-cubes")
@@ -36,9 +37,12 @@ DEFAULT_SCALE = 0.01      # the original's voxel size
 
 
 # --------------------------------------------------------------------------------------------------- loading
+SOURCES = ".npy, .raw, .binvox, .npz[:KEY], a folder of voxel files or synthetic:KIND"
+
+
 def load_grids(path: str | os.PathLike) -> np.ndarray:
     """Read ``.npy`` (``(D,H,W)``, ``(N,D,H,W)``, ``(N,1,D,H,W)`` or ``(N,D,H,W,1)``), ``.raw`` or ``.binvox``
-    as a float32 ``(N, D, H, W)`` array (any box shape)."""
+    as a float32 ``(N, D, H, W)`` array (any box shape; NaN or infinite values are refused)."""
     name = os.fspath(path)
     p = Path(path)
     if not p.exists():
@@ -61,13 +65,127 @@ def load_grids(path: str | os.PathLike) -> np.ndarray:
     a = as_batch(a, name, cubic=False)
     if 0 in a.shape:
         raise DataError(f"{name}: array of shape {a.shape} is empty")
+    check_finite(a, name)
     return a.astype(np.float32, copy=False)
+
+
+@dataclass
+class GridSource:
+    """The grids of one ``-f`` source of the tools (see :func:`open_grids`), unpacked only when asked for.
+
+    ``spec`` is the source as given; ``folder`` and ``stem`` name default outputs
+    (``<folder>/<stem>.obj``, ``<folder>/3D_graphs/<stem>.png``); ``names`` are a dataset's grid
+    names (None for a voxel file, whose grids are numbered).
+    """
+
+    spec: str
+    folder: Path
+    stem: str
+    count: int
+    names: list[str] | None = None
+    values: np.ndarray | None = field(default=None, repr=False)       # a voxel file's float32 grids
+    dataset: VoxelDataset | None = field(default=None, repr=False)    # a dataset's packed grids
+
+    def __len__(self) -> int:
+        return self.count
+
+    def grids(self, indices) -> np.ndarray:
+        """float32 ``(n, D, H, W)`` grids ``indices`` (a list of ints)."""
+        indices = list(indices)
+        if self.values is not None:
+            return self.values[indices]
+        return self.dataset.grids(indices).astype(np.float32)
+
+    def index(self, i: int, flag: str = "--index") -> int:
+        """``i`` (negative counts from the end) as an index, or a DataError saying how many grids there are."""
+        if not -self.count <= i < self.count:
+            raise DataError(f"{self.spec}: {flag} {i} is out of range (it holds {self.count} grid"
+                            f"{'s' * (self.count != 1)})")
+        return i % self.count
+
+    def label(self, i: int) -> str:
+        """Grid ``i`` in messages: ``samples.npy[3]``, ``chairs.npz:train[3] (chair_0004)`` or the file alone."""
+        if self.count == 1 and self.names is None:
+            return self.spec
+        return f"{self.spec}[{i}]" + (f" ({self.names[i]})" if self.names else "")
+
+    def title(self, i: int) -> str:
+        """A short panel title: the grid's name, its number, or the file's stem."""
+        if self.names:
+            return self.names[i]
+        return str(i) if self.count > 1 else self.stem
+
+
+def open_grids(spec: str | os.PathLike, limit: int | None = None) -> GridSource:
+    """Open any source ``tools/train.py -d`` takes (a folder, ``.npz``, ``FILE.npz:KEY``, a dataset cache,
+    ``synthetic:KIND...``) or a ``.npy`` / ``.raw`` / ``.binvox`` file.
+
+    ``.npy`` files keep their values (generated samples are floats); datasets are read by
+    :func:`tf3dgan.data.load_dataset` (0/1 grids, at most ``limit`` of them) and unpacked a few at a time.
+    """
+    text = os.fspath(spec)
+    if text.startswith(SYNTHETIC_PREFIX):
+        ds = load_dataset(text, limit=limit)
+        kind = text[len(SYNTHETIC_PREFIX):].split(":")[0]
+        return GridSource(text, Path("."), f"synthetic_{kind}", len(ds), ds.names, dataset=ds)
+    path, key = split_npz_key(text)
+    if not path.exists():
+        raise DataError(f"{text if key is None else path}: no such file or folder")
+    if path.is_dir() or path.suffix.lower() == ".npz":
+        ds = load_dataset(text, limit=limit)
+        if path.is_dir():
+            named = path if path.name not in ("", ".", "..") else path.resolve()
+            folder, stem = named.parent, named.name
+        else:
+            folder, stem = path.parent, path.stem + (f"_{key}" if key else "")
+        return GridSource(text, folder, stem, len(ds), ds.names, dataset=ds)
+    if path.suffix.lower() not in (".npy", ".raw", ".binvox"):
+        raise DataError(f"{text}: unknown voxel file type {path.suffix or '(none)'!r} (give {SOURCES})")
+    values = load_grids(path)
+    return GridSource(text, path.parent, path.stem, len(values), None, values=values)
 
 
 # --------------------------------------------------------------------------------------------------- meshing
 def occupancy(grid: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
     """Boolean grid of the voxels whose value is above ``threshold`` (NaN counts as empty)."""
     return np.asarray(grid) > threshold
+
+
+class EmptyGridError(DataError):
+    """A grid with no voxel above the threshold: nothing to draw or mesh."""
+
+
+def check_occupied(grid: np.ndarray, threshold: float = DEFAULT_THRESHOLD, name: str = "grid") -> np.ndarray:
+    """The occupancy of ``grid`` (see :func:`occupancy`); an :class:`EmptyGridError` naming ``name``, the
+    threshold and the grid's largest value when no voxel is above the threshold.  Every tool that draws or
+    meshes a single grid uses this, so an empty grid is the same one-line error everywhere."""
+    occ = occupancy(grid, threshold)
+    if occ.any():
+        return occ
+    g = np.asarray(grid)
+    finite = g[np.isfinite(g)] if g.dtype.kind in "fc" else g
+    if finite.size == 0:
+        raise EmptyGridError(f"{name}: no voxel above --threshold {threshold:g}: the grid holds no finite value")
+    top, bottom = float(finite.max()), float(finite.min())
+    if top == bottom:
+        raise EmptyGridError(f"{name}: no voxel above --threshold {threshold:g}: the grid is empty "
+                             f"(every value is {top:g})")
+    raise EmptyGridError(f"{name}: no voxel above --threshold {threshold:g} (the grid's largest value is "
+                         f"{top:g}); give a lower --threshold (below {top:g}) to see its voxels")
+
+
+def empty_grids(grids, threshold: float = DEFAULT_THRESHOLD) -> list[int]:
+    """Indices of the grids (of a batch or list) with no voxel above ``threshold``."""
+    return [i for i, g in enumerate(grids) if not occupancy(g, threshold).any()]
+
+
+def empty_note(empty: list[int], total: int, threshold: float, what: str = "grids") -> str:
+    """One line saying how many of ``total`` grids were empty (see :func:`empty_grids`)."""
+    shown = ", ".join(map(str, empty[:10])) + (", ..." if len(empty) > 10 else "")
+    which = f"all {total} {what} are" if len(empty) == total else (
+        f"{len(empty)} of the {total} {what} {'is' if len(empty) == 1 else 'are'}")
+    return (f"{which} empty (grid{'s' * (len(empty) != 1)} {shown}: no voxel above --threshold {threshold:g}); "
+            "a lower --threshold may show them")
 
 
 def _face_quads(ax: int, s: int) -> np.ndarray:
@@ -206,7 +324,8 @@ def grid_to_mesh(grid: np.ndarray, threshold: float = DEFAULT_THRESHOLD, mesh: s
     """A ``trimesh.Trimesh`` of the voxels of ``grid`` (a 3-D array, ``[x][z][y]``) above ``threshold``.
 
     ``mesh`` is one of ``MESH_KINDS``; ``smooth`` (a Gaussian sigma in voxels) applies to ``marching-cubes`` only.
-    Raises ``DataError`` naming ``name`` when no voxel is above the threshold.
+    Raises :class:`EmptyGridError` (see :func:`check_occupied`) naming ``name`` when no voxel is above the
+    threshold.
     """
     import trimesh
 
@@ -215,9 +334,7 @@ def grid_to_mesh(grid: np.ndarray, threshold: float = DEFAULT_THRESHOLD, mesh: s
         raise DataError(f"{name}: a grid of shape {grid.shape} is not a 3-D voxel grid")
     if mesh not in MESH_KINDS:
         raise Tf3dganError(f"unknown mesh kind {mesh!r} (choose from {', '.join(MESH_KINDS)})")
-    occ = occupancy(grid, threshold)
-    if not occ.any():
-        raise DataError(f"no voxel above threshold {threshold:g} in {name}")
+    occ = check_occupied(grid, threshold, name)
     if mesh == "marching-cubes":
         try:
             v, f = _marching_cubes(grid, threshold, smooth)

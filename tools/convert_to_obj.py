@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Convert voxel grids (generated samples, .npy/.raw/.binvox) to meshes (the original convert_to_obj.py).
+"""Convert voxel grids (generated samples, .npy/.raw/.binvox, or training data) to meshes (the original convert_to_obj.py).
 
     python tools/convert_to_obj.py -n chairs            # savepoint/chairs/*.npy -> savepoint/chairs/models/*.obj
     python tools/convert_to_obj.py -f savepoint/chairs/100.npy --mesh marching-cubes --smooth 1 --format stl
+    python tools/convert_to_obj.py -f chairs.npz:train --index 7 -o chair7.obj   # any train -d source
 Meshes are z-up (x, y, z) = (axis0, axis2, axis1) * scale; see tf3dgan/mesh.py.
 """
 from __future__ import annotations
@@ -13,9 +14,9 @@ import time
 from pathlib import Path
 
 from tf3dgan.cli import HelpFormatter, run_tool
-from tf3dgan.runs import sample_files
 from tf3dgan.errors import DataError, Tf3dganError
-from tf3dgan.mesh import DEFAULT_SCALE, DEFAULT_THRESHOLD, FORMATS, MESH_KINDS, export_mesh, grid_to_mesh, load_grids
+from tf3dgan.mesh import (DEFAULT_SCALE, DEFAULT_THRESHOLD, FORMATS, MESH_KINDS, EmptyGridError, empty_note,
+                          export_mesh, grid_to_mesh, open_grids)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,13 +24,18 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=HelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("-n", "--name", help="run name: convert every <out>/<name>/*.npy into <out>/<name>/models/")
-    src.add_argument("-f", "--file", help="convert one file (.npy, .raw or .binvox)")
+    src.add_argument("-f", "--file", help="convert grids of one source: a .npy/.raw/.binvox file, or anything train -d "
+                                          "takes (a folder of voxel files, .npz, FILE.npz:KEY, a dataset cache, "
+                                          "synthetic:KIND)")
     p.add_argument("--out", default="savepoint", help="folder of the runs (with -n)")
     p.add_argument("-o", "--output", default=None,
                    help="output file with -f [default: beside the input as <stem>.<format>; with --all <stem>_<i>]")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--index", type=int, default=None, help="which grid of a batch .npy to convert [default: 0]")
-    which.add_argument("--all", action="store_true", help="convert every grid of a batch .npy (<stem>_<i>.<format>)")
+    which.add_argument("--index", type=int, default=None,
+                       help="which grid of a batch or dataset to convert [default: 0]")
+    which.add_argument("--all", action="store_true",
+                       help="convert every grid of a batch or dataset (<stem>_<i>.<format>; empty grids are skipped "
+                            "and counted)")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="a voxel is solid above this value")
     p.add_argument("--mesh", choices=MESH_KINDS, default="cubes",
                    help="cubes: the original's exposed-voxel cubes; faces: closed surface of the exposed faces; "
@@ -47,6 +53,8 @@ def _mesh(args, grid, name):
 
 
 def convert_run(args, fmt: str) -> None:
+    from tf3dgan.runs import sample_files
+
     folder, files = sample_files(args.out, args.name, "convert")
     models = folder / "models"
     wrote = skipped = empty = 0
@@ -55,51 +63,54 @@ def convert_run(args, fmt: str) -> None:
         if target.exists():
             skipped += 1
             continue
-        grid = load_grids(f)[0]
+        source = open_grids(f)
         try:
-            m = _mesh(args, grid, str(f))
-        except DataError as exc:
-            if "no voxel above threshold" not in str(exc):
-                raise
+            m = _mesh(args, source.grids([0])[0], str(f))
+        except EmptyGridError as exc:
             print(f"skipped {f}: {exc}", flush=True)
             empty += 1
             continue
         export_mesh(m, target, fmt)
         wrote += 1
     extra = "".join([f", skipped {skipped} existing" if skipped else "",
-                     f", {empty} with no voxel above threshold {args.threshold:g}" if empty else ""])
+                     f", skipped {empty} with no voxel above --threshold {args.threshold:g}" if empty else ""])
     print(f"wrote {wrote} .{fmt} file{'s' * (wrote != 1)} to {models}{extra}")
 
 
 def convert_file(args, fmt: str) -> None:
-    src = Path(args.file)
-    grids = load_grids(src)
-    if args.all:
-        indices = list(range(len(grids)))
-    else:
-        i = 0 if args.index is None else args.index
-        if not -len(grids) <= i < len(grids):
-            raise DataError(f"{src}: --index {i} is out of range (the file holds {len(grids)} grid(s))")
-        indices = [i % len(grids)]
+    i = 0 if args.index is None else args.index
+    source = open_grids(args.file, limit=None if args.all or i < 0 else i + 1)
+    indices = list(range(len(source))) if args.all else [source.index(i)]
     if args.output:
         out = Path(args.output)
         base = out.with_suffix("") if out.suffix.lstrip(".").lower() in FORMATS else out
     else:
-        base = src.with_suffix("")
-    written = []
+        base = source.folder / source.stem
+    written, empty = [], []
     for i in indices:
         target = base.parent / f"{base.name}_{i}.{fmt}" if args.all else base.parent / f"{base.name}.{fmt}"
-        label = f"{src}[{i}]" if len(grids) > 1 else str(src)
         start = time.perf_counter()
-        m = _mesh(args, grids[i], label)
+        try:
+            m = _mesh(args, source.grids([i])[0], source.label(i))   # one grid unpacked at a time
+        except EmptyGridError:
+            if not args.all:
+                raise
+            empty.append(i)
+            continue
         seconds = time.perf_counter() - start
         export_mesh(m, target, fmt)
         written.append((target, m, seconds))
-    if len(written) == 1:
+    if not written:
+        raise DataError(f"{source.spec}: none of its {len(source)} grids has a voxel above --threshold "
+                        f"{args.threshold:g}; give a lower --threshold")
+    if len(written) == 1 and not args.all:
         t, m, seconds = written[0]
         print(f"wrote {t} ({len(m.vertices)} vertices, {len(m.faces)} triangles; meshed in {1000 * seconds:.0f} ms)")
     else:
-        print(f"wrote {len(written)} .{fmt} files to {base.parent} ({base.name}_0.{fmt} ... )")
+        print(f"wrote {len(written)} .{fmt} file{'s' * (len(written) != 1)} to {base.parent} "
+              f"({written[0][0].name} ... {written[-1][0].name})")
+    if empty:
+        print(empty_note(empty, len(indices), args.threshold) + "; not written")
 
 
 def run(args: argparse.Namespace) -> None:
