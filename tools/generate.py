@@ -64,6 +64,7 @@ def run(args: argparse.Namespace) -> None:
     from tf3dgan import runs, sampling
     from tf3dgan.atomic import atomic_path
     from tf3dgan.render import check_output_folder
+    from tf3dgan.spec import describe
 
     if args.name is None and args.weights is None:
         raise Tf3dganError("say which generator: -n RUN (optionally -le EPOCH) or --weights FILE")
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> None:
 
         sheet = plots.save_voxel_sheet(dest / f"{stem}.png", grids, titles, rows, cols, style=args.style,
                                        threshold=threshold, colormap=COLORMAPS[args.colormap],
-                                       title=f"{spec.arch} from {source.name}")
+                                       title=f"{describe(spec)} from {source.name}")
         wrote.append(str(sheet))
     if args.obj:
         from tf3dgan import mesh
