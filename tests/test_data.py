@@ -682,6 +682,18 @@ def test_unwritable_folder_caches_in_the_user_folder_then_warns(tmp_path, user_c
     assert "Traceback" not in err
 
 
+def test_folder_without_write_bits_is_never_written_into(tmp_path, user_cache):
+    folder = copy_chairs(tmp_path / "train")
+    folder.chmod(0o555)          # as ../shared/data is; root could still write there, but must not
+    try:
+        ds = data.load_dataset(folder, resolution=32)
+        assert Path(ds.pool_cache).parent == user_cache / "pooled"
+        assert sorted(p.name for p in folder.iterdir()) == [f"{s}.raw" for s in STEMS]
+        assert data.load_dataset(folder, resolution=32).pool_cache_hit
+    finally:
+        folder.chmod(0o755)
+
+
 def data_write_error(path):
     from tf3dgan.errors import write_error
 

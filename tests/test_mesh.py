@@ -232,15 +232,16 @@ def test_cli_unwritable_output_is_one_line(tmp_path, chair):
     blocker.write_text("x")
     line = error_line(tool("convert_to_obj", "-f", CHAIR, "-o", blocker / "c.obj"))
     assert line.startswith(f"error: cannot write {blocker / 'c.obj'}")
-    if os.geteuid() != 0:   # root writes into read-only folders: there only the simulation below applies
-        ro = tmp_path / "ro"
-        ro.mkdir()
-        ro.chmod(0o555)
-        try:
-            line = error_line(tool("convert_to_obj", "-f", CHAIR, "-o", ro / "c.obj"))
-            assert line.startswith(f"error: cannot write {ro / 'c.obj'}") and "writable location" in line
-        finally:
-            ro.chmod(0o755)
+    ro = tmp_path / "ro"     # refused before any work, also for root (whom chmod does not stop)
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        for target in (ro / "c.obj", ro / "new" / "c.obj"):
+            line = error_line(tool("convert_to_obj", "-f", CHAIR, "-o", target))
+            assert line == f"error: cannot write {target}: Permission denied ({ro} is read-only); choose a writable location"
+        assert not list(ro.iterdir())
+    finally:
+        ro.chmod(0o755)
 
 
 @pytest.mark.parametrize("code, words", [(errno.EROFS, "choose a writable location"), (errno.ENOSPC, "free some space")])

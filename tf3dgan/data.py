@@ -23,7 +23,8 @@ are pooled down by the factor f = D/R per axis with binvox's ``-down`` rule gene
 (default 1: OR-pooling, ``binvox -down -dmin 1``).  The pooled grids are cached (see
 :func:`pooled_cache_path`): beside a folder's files as ``tf3dgan_voxels_<R>[_min<k>].npz``, or,
 for files (and folders that cannot be written), in the user cache folder
-(``$TF3DGAN_CACHE``, else ``~/.cache/tf3dgan``), so a second load costs no pooling and no
+(``$TF3DGAN_CACHE``, else ``~/.cache/tf3dgan``; folders without any write permission bit are never
+written into, not even by root), so a second load costs no pooling and no
 reading of the source.  A cache is used only while the source's files keep their size and
 modification time; a stale or unreadable one is rewritten.  Synthetic specs are pooled but not
 cached.
@@ -410,8 +411,12 @@ class _CacheTarget:
             st = f.stat()
             stats.append([f.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns])
         beside = pooled_cache_path(folder, resolution, pool_min, beside=True)
-        return cls([beside, pooled_cache_path(folder, resolution, pool_min)],
-                   _fingerprint({"files": stats}, resolution, pool_min), resolution, pool_min)
+        places = [pooled_cache_path(folder, resolution, pool_min)]
+        if not read_only_folder(folder):
+            places.insert(0, beside)
+        elif beside.is_file():      # read (not written) beside a read-only folder's files
+            places.append(beside)
+        return cls(places, _fingerprint({"files": stats}, resolution, pool_min), resolution, pool_min)
 
     @classmethod
     def for_file(cls, path: Path, key: str | None, resolution: int, pool_min: int) -> "_CacheTarget":
@@ -457,6 +462,15 @@ class _CacheTarget:
         print(f"warning: pooled grids of {source} not cached ({reasons[-1]}); they are pooled again on the next "
               f"load (set {CACHE_ENV} to a writable folder)", file=sys.stderr, flush=True)
         return None
+
+
+def read_only_folder(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` has no write permission bit at all (``chmod a-w``): a data folder meant to stay
+    as it is, even for root, whom the system would let write there.  Its pooled cache goes to the user cache."""
+    try:
+        return not os.stat(folder).st_mode & 0o222
+    except OSError:
+        return True
 
 
 def _fingerprint(what: dict, resolution: int, pool_min: int) -> str:
@@ -711,7 +725,7 @@ def check_finite(grids: np.ndarray, origin: str) -> None:
     if bad:
         where = f" (the first in grid {first} of {len(rows)})" if len(rows) > 1 else ""
         raise DataError(f"{origin}: voxel array holds {bad} NaN or infinite value{'s' * (bad != 1)} of "
-                        f"{rows.size}{where}; voxel values must be finite (a float voxel is occupied when > 0.5)")
+                        f"{rows.size}{where}; voxel values must be finite numbers")
 
 
 def as_batch(array: np.ndarray, origin: str, *, cubic: bool = True, packed_ok: bool = False) -> np.ndarray:

@@ -27,8 +27,8 @@ import numpy as np
 
 from .atomic import atomic_path
 from .binvox import read_binvox, read_raw
-from .data import SYNTHETIC_PREFIX, VoxelDataset, as_batch, check_finite, load_dataset, split_npz_key
-from .errors import DataError, Tf3dganError, numpy_load_reason
+from .data import SYNTHETIC_PREFIX, VoxelDataset, as_batch, check_finite, load_dataset, read_only_folder, split_npz_key
+from .errors import DataError, Tf3dganError, numpy_load_reason, write_error
 
 MESH_KINDS = ("cubes", "faces", "marching-cubes")
 FORMATS = ("obj", "stl", "ply", "glb")
@@ -347,6 +347,16 @@ def grid_to_mesh(grid: np.ndarray, threshold: float = DEFAULT_THRESHOLD, mesh: s
     if mesh == "marching-cubes" and m.volume < 0:
         m.invert()
     return m
+
+
+def check_output(path: str | os.PathLike) -> Path:
+    """Refuse, before any work, an output whose folder (or nearest existing parent) has no write permission bit:
+    the same one-line WriteError a failed write gives, also for root (whom the system lets write there)."""
+    path = Path(path)
+    folder = next((p for p in path.parents if p.exists()), None)
+    if folder is not None and folder.is_dir() and read_only_folder(folder):
+        raise write_error(path, PermissionError(13, f"Permission denied ({folder} is read-only)"))
+    return path
 
 
 def export_mesh(m, path: str | os.PathLike, fmt: str | None = None) -> Path:

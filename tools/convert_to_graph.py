@@ -102,7 +102,7 @@ def draw(args, source, target: Path, sheet) -> str | None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from tf3dgan.mesh import EmptyGridError, open_grids
+    from tf3dgan.mesh import EmptyGridError, check_output, open_grids
     from tf3dgan.runs import sample_files
 
     sheet = parse_grid(args.grid)
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> None:
         if args.output:
             raise Tf3dganError("-o/--output goes with -f/--file, not -n/--name")
         folder, files = sample_files(args.out, args.name, "draw")
-        graphs = folder / "3D_graphs"
+        graphs = check_output(folder / "3D_graphs" / "x.png").parent
         drawn = skipped = 0
         empty = []
         for f in files:
@@ -141,6 +141,7 @@ def run(args: argparse.Namespace) -> None:
     else:
         source = open_grids(args.file, limit=_limit(args, sheet))
         target = Path(args.output) if args.output else source.folder / "3D_graphs" / f"{source.stem}.png"
+        check_output(target)
         note = draw(args, source, target, sheet)
         print(f"wrote {target} in {time.perf_counter() - start:.1f}s")
         if note:

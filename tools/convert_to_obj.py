@@ -15,8 +15,8 @@ from pathlib import Path
 
 from tf3dgan.cli import HelpFormatter, run_tool
 from tf3dgan.errors import DataError, Tf3dganError
-from tf3dgan.mesh import (DEFAULT_SCALE, DEFAULT_THRESHOLD, FORMATS, MESH_KINDS, EmptyGridError, empty_note,
-                          export_mesh, grid_to_mesh, open_grids)
+from tf3dgan.mesh import (DEFAULT_SCALE, DEFAULT_THRESHOLD, FORMATS, MESH_KINDS, EmptyGridError, check_output,
+                          empty_note, export_mesh, grid_to_mesh, open_grids)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +56,7 @@ def convert_run(args, fmt: str) -> None:
     from tf3dgan.runs import sample_files
 
     folder, files = sample_files(args.out, args.name, "convert")
-    models = folder / "models"
+    models = check_output(folder / "models" / f"x.{fmt}").parent
     wrote = skipped = empty = 0
     for f in files:
         target = models / f"{f.stem}.{fmt}"
@@ -87,6 +87,7 @@ def convert_file(args, fmt: str) -> None:
     else:
         base = source.folder / source.stem
     written, empty = [], []
+    check_output(base.parent / f"{base.name}.{fmt}")
     for i in indices:
         target = base.parent / f"{base.name}_{i}.{fmt}" if args.all else base.parent / f"{base.name}.{fmt}"
         start = time.perf_counter()
