@@ -281,7 +281,7 @@ def test_every_choice_has_an_implementation(jax_check, tmp_path, monkeypatch):
     assert list(flags["conv_transpose"]) == list(choices.IMPLEMENTATIONS)
     assert sorted(flags["backend"]) == sorted(choices.BACKENDS.values())
     flags = {a.dest: a.choices for a in generate.build_parser()._actions if a.choices}
-    assert generate.COLORMAPS == plots.COLORMAPS and list(flags["colormap"]) == list(range(len(plots.COLORMAPS)))
+    assert generate.COLORMAPS is plots.COLORMAPS and list(flags["colormap"]) == list(range(len(plots.COLORMAPS)))
     assert list(flags["style"]) == list(choices.GRAPH_STYLES)
     assert list(flags["mesh"]) == list(MESH_KINDS) and list(flags["interpolation"]) == list(INTERPOLATIONS)
 

@@ -148,7 +148,7 @@ def test_cli_errors(tmp_path):
 def test_tool_colormaps_and_view_are_plots_own():
     from tools import convert_to_graph
 
-    assert convert_to_graph.COLORMAPS == plots.COLORMAPS and convert_to_graph.DEFAULT_VIEW == plots.DEFAULT_VIEW
+    assert convert_to_graph.COLORMAPS is plots.COLORMAPS and convert_to_graph.DEFAULT_VIEW is plots.DEFAULT_VIEW
 
 
 @pytest.mark.skipif(not SHARED_CHAIRS.exists(), reason="needs shared/data/voxels (the 875 training chairs)")

@@ -14,4 +14,8 @@ JAX_STRATEGIES = ("auto", "one", "mirrored")
 IMPLEMENTATIONS = ("native", "phase")                         # G's transposed convolutions
 OUTPUT_ACTIVATIONS = ("linear", "sigmoid")
 GRAPH_STYLES = ("scatter", "shaded")
+#: 3D graph colour maps by the original's numbers (-c 0..7)
+COLORMAPS = ("copper", "viridis", "plasma", "winter", "cool", "ocean", "inferno", "coolwarm")
+#: (azimuth, elevation) in degrees: matplotlib's default 3D view
+DEFAULT_VIEW = (-60.0, 30.0)
 BACKENDS = {"tensorflow": "tf", "jax": "jax"}                 # Keras backend -> the short name of bench --backend

@@ -176,7 +176,7 @@ class _Run:
             for key in set(self.cfg.to_dict()) - set(settings) - set(PER_INVOCATION):
                 settings[key] = getattr(self.cfg, key)   # settings newer than the run's config.json
         data = {"source": self.data.source, "count": len(self.data), "dim": self.data.dim}
-        if getattr(self.data, "pooled_from", None):
+        if self.data.pooled_from:
             data.update(pooled_from=self.data.pooled_from, pool_min=self.data.pool_min)
         config = {"tf3dgan": __import__("tf3dgan").__version__, "settings": settings,
                   "model": self.spec, "precision": self.precision, "batch_size": self.batch,
@@ -193,8 +193,7 @@ class _Run:
     def train(self) -> Path:
         cfg, trainer = self.cfg, self.trainer
         steps = trainer.steps_per_epoch
-        pooled = (f" (pooled from {self.data.pooled_from}³, a cell set when >= {self.data.pool_min} of its voxels are)"
-                  if getattr(self.data, "pooled_from", None) else "")
+        pooled = f" (pooled from {self.data.pooled_from}³)" if self.data.pooled_from else ""
         print(f"training {self.dir}: {len(self.data)} grids of {self.data.dim}³{pooled} from {self.data.source}, "
               f"{self.label}, batch {self.batch}, "
               f"{steps} steps/epoch, {self.precision}, loss {trainer.objective.name}, D rule {trainer.d_rule}"

@@ -322,10 +322,16 @@ def prepare(cfg: TrainConfig, given: set[str] | None = None, report=print) -> Ru
     chief = _is_chief(cfg)
     lock = _take_folder(run_dir, report) if chief and cfg.load else None
     want_res = model["resolution"] if model else cfg.resolution
-    pool = {"pool_min": cfg.pool_min} if cfg.pool_min != 1 else {}   # TEMP until data.load_dataset has pool_min
-    data = data_lib.load_dataset(cfg.data, resolution=want_res, seed=cfg.seed, **pool)
-    val = (data_lib.load_dataset(cfg.validation_data, resolution=data.dim, seed=cfg.seed + 1, **pool)
+    data = data_lib.load_dataset(cfg.data, resolution=want_res, seed=cfg.seed, pool_min=cfg.pool_min)
+    if cfg.pool_min != 1 and data.pooled_from is None:
+        raise Tf3dganError(f"--pool-min {cfg.pool_min} applies only when --resolution pools the grids down, and "
+                           f"{cfg.data} is already {data.dim}³; drop --pool-min or give a smaller --resolution")
+    if data.pooled_from is not None:
+        report(data.pooling_note())
+    val = (data_lib.load_dataset(cfg.validation_data, resolution=data.dim, seed=cfg.seed + 1, pool_min=cfg.pool_min)
            if cfg.validation_data else None)
+    if val is not None and val.pooled_from is not None:
+        report("validation: " + val.pooling_note())
     if chief and not cfg.load:
         lock = _take_folder(run_dir, report)
     return RunPlan(cfg, run_dir, checkpoint, saved, model, data, val, schedule, changes, lock)

@@ -17,14 +17,12 @@ from scipy import ndimage, signal  # noqa: E402
 
 from .atomic import atomic_path  # noqa: E402
 
-#: the original convert_to_graph.py colormap choices, by ``-c`` index
-COLORMAPS = ("copper", "viridis", "plasma", "winter", "cool", "ocean", "inferno", "coolwarm")
+# the colour maps (by the original's -c index), the default view and the 3D graph styles (the seed's scatter
+# of surface voxels, or a shaded NumPy render of the voxel faces) are the tools' lists, dependency-free
+from .choices import COLORMAPS, DEFAULT_VIEW, GRAPH_STYLES as STYLES  # noqa: E402,F401
+
 SAVGOL_WINDOW = 51
 SAVGOL_ORDER = 3
-#: 3D graph styles: the seed's scatter of surface voxels, or a shaded NumPy render of the voxel faces
-from .choices import GRAPH_STYLES as STYLES  # noqa: E402
-#: (azimuth, elevation) in degrees: matplotlib's default 3D view
-DEFAULT_VIEW = (-60.0, 30.0)
 
 
 def smooth(values: np.ndarray, window: int = SAVGOL_WINDOW, order: int = SAVGOL_ORDER) -> np.ndarray:

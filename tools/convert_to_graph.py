@@ -14,14 +14,11 @@ import sys
 import time
 from pathlib import Path
 
-from tf3dgan.choices import GRAPH_STYLES as STYLES
+from tf3dgan.choices import COLORMAPS, DEFAULT_VIEW, GRAPH_STYLES as STYLES
 from tf3dgan.cli import HelpFormatter, run_tool
 from tf3dgan.errors import Tf3dganError
 
-# The same as tf3dgan.plots' (tests/test_graph.py checks): plots imports matplotlib and SciPy, which take a
-# second or more, so it is imported only to draw and --help answers at once.
-COLORMAPS = ("copper", "viridis", "plasma", "winter", "cool", "ocean", "inferno", "coolwarm")
-DEFAULT_VIEW = (-60.0, 30.0)
+# tf3dgan.plots imports matplotlib and SciPy (a second or more): imported only to draw, so --help answers at once.
 PICTURE_TYPES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
 
 

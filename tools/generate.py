@@ -13,14 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-from tf3dgan.choices import GRAPH_STYLES
+from tf3dgan.choices import COLORMAPS, GRAPH_STYLES
 from tf3dgan.cli import HelpFormatter, import_tensorflow_quietly, run_tool
 from tf3dgan.errors import Tf3dganError
 
 # Only light modules (NumPy at most) load before the flags, the run and --dest are checked; Keras and
-# TensorFlow load in run() after that, matplotlib only for --sheet.  tf3dgan.plots.COLORMAPS, restated
-# here because tf3dgan.plots loads matplotlib (tests/test_fast_errors.py checks the two agree):
-COLORMAPS = ("copper", "viridis", "plasma", "winter", "cool", "ocean", "inferno", "coolwarm")
+# TensorFlow load in run() after that, matplotlib only for --sheet.
 
 
 def build_parser() -> argparse.ArgumentParser:
