@@ -134,3 +134,16 @@ def test_bad_input_gives_one_clear_line(tmp_path, tiny_run):
     mismatch = error_line(tool("train", "-n", "m", "-d", FIXTURES / "somtambe_chair_32_small.npz",
                                "--resolution", "64", "--out", tmp_path))
     assert "somtambe_chair_32_small.npz" in mismatch and "32" in mismatch
+
+
+def test_train_at_a_smaller_resolution_pools_the_real_64_grids(tmp_path):
+    data = FIXTURES / "modelnet10_chair_64_win_small.npz"
+    proc = tool("train", "-n", "p", "-d", f"{data}:train", "--resolution", "16", "--pool-min", "2", "-b", "4",
+                "--width", "0.125", "-e", "1", "--no-progress", "--out", tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "64³ grids pooled with --pool-min 2 to 16³" in proc.stdout
+    config = json.loads((tmp_path / "p" / "config.json").read_text())
+    assert config["data"]["dim"] == 16 and config["data"]["pooled_from"] == 64 and config["data"]["pool_min"] == 2
+    assert config["model"]["resolution"] == 16 and np.load(tmp_path / "p" / "1.npy").shape == (16, 16, 16)
+    refused = error_line(tool("train", "-n", "q", "-d", f"{data}:train", "--pool-min", "2", "--out", tmp_path))
+    assert "--pool-min 2 applies only when --resolution pools the grids down" in refused
