@@ -28,6 +28,7 @@ setup(
         "tensorboard>=2.16",
         "trimesh>=4",
         "scikit-image>=0.21",
+        "scikit-learn>=1.3",
     ],
     extras_require={
         "cuda": ["tensorflow[and-cuda]>=2.16"],
