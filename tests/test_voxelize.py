@@ -14,7 +14,7 @@ from tf3dgan import binvox, data
 from tf3dgan import voxelize as V
 from tf3dgan.errors import DataError, Tf3dganError
 
-from _cli import FIXTURES, tool
+from _cli import FIXTURES, error_line, tool
 
 MESHES = FIXTURES / "meshes"
 MODELNET = MESHES / "ModelNet10"
@@ -376,16 +376,161 @@ def test_convert_tree_cache_method_note(tmp_path):
             return str(z["method"]) if "method" in z.files else None
 
     assert note() == "binvox"
-    # nothing reconverted: the cache (and its note) stay, even if other options are given now
-    summary = V.convert_tree(root, V.ConvertOptions(dim=16, method="surface"), jobs=1, progress=False)
-    assert summary.count("skipped") == 1 and summary.caches == [] and note() == "binvox"
-    # a new mesh made another way: the cache lists both grids but no longer claims one method
+    # the same options again: skipped, cache and note kept
+    summary = V.convert_tree(root, V.ConvertOptions(dim=16, method="binvox"), jobs=1, progress=False)
+    assert summary.count("skipped") == 1 and summary.caches == [] and summary.skipped_sides == (16,)
+    # another method: refused up front, nothing touched (was: a silent skip)
+    before = {p.name: p.read_bytes() for p in root.iterdir()}
+    refused = r"1 of 1 existing voxel output differs .*made with binvox .*not surface.*--force"
+    with pytest.raises(DataError, match=refused):
+        V.convert_tree(root, V.ConvertOptions(dim=16, method="surface"), jobs=1, progress=False)
+    assert {p.name: p.read_bytes() for p in root.iterdir()} == before
+    # a new mesh made the same way: converted, the note stays
     shutil.copyfile(MODELNET / "chair" / "test" / "chair_0948.off", root / "chair_0948.off")
-    summary = V.convert_tree(root, V.ConvertOptions(dim=16, method="surface"), jobs=1, progress=False)
-    assert summary.count("converted") == 1 and note() is None
+    summary = V.convert_tree(root, V.ConvertOptions(dim=16, method="binvox"), jobs=1, progress=False)
+    assert summary.count("converted") == 1 and summary.count("skipped") == 1 and note() == "binvox"
+    # --force with another method: everything reconverted, the note follows
+    summary = V.convert_tree(root, V.ConvertOptions(dim=16, method="surface", force=True), jobs=1, progress=False)
+    assert summary.count("converted") == 2 and note() == "surface"
     assert data.load_dataset(root).names == ["chair_0948", "table_0151"]
-    # grids of another size in the folder: no cache, one warning line, the batch still succeeds
-    np.save(root / "odd.npy", np.zeros((8, 8, 8), np.uint8))
+    # an unreadable voxel file in the folder: no cache, one warning line, the batch still succeeds
+    (root / "odd.npy").write_bytes(b"not a numpy file")
     summary = V.convert_tree(root, V.ConvertOptions(dim=16, method="surface", force=True), jobs=1, progress=False,
                              report=lines.append)
     assert summary.count("converted") == 2 and len(lines) == 1 and "not written" in lines[0]
+
+
+# --------------------------------------------- existing outputs of another size
+
+
+def _tree_bytes(root: Path) -> dict:
+    return {p.relative_to(root): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_convert_tool_other_dim_is_refused_then_forced(tmp_path):
+    """The newcomer's case: a folder converted at 64³, then --dim 32: not a silent skip."""
+    root = copy_meshes(tmp_path / "models")
+    first = tool("convert_data", "-m", root, "-j", "1", "--no-progress")
+    assert first.returncode == 0 and summary_line(first).startswith("converted 5, skipped 0, failed 0")
+    before = _tree_bytes(root)
+    proc = tool("convert_data", "-m", root, "--dim", "32", "-j", "1", "--no-progress")
+    line = error_line(proc)
+    assert "5 of 5 existing voxel outputs differ" in line and "5 are 64³, not 32³" in line
+    assert "nothing was converted" in line and "--force" in line
+    assert "tools/train.py --resolution 32" in line and "pools them down" in line
+    assert not [l for l in proc.stdout.splitlines() if l.startswith("converted ")]
+    assert _tree_bytes(root) == before                       # nothing written, caches untouched
+    # what the error says works: the 64³ folder loads pooled to 32³ ...
+    pooled = data.load_dataset(root, resolution=32)
+    assert pooled.dim == 32 and len(pooled) == 5
+    # ... and --force replaces every output (and cache) with 32³ ones: never a mixed folder
+    forced = tool("convert_data", "-m", root, "--dim", "32", "--force", "-j", "1", "--no-progress")
+    assert forced.returncode == 0, forced.stdout + forced.stderr
+    assert summary_line(forced).startswith("converted 5, skipped 0, failed 0")
+    for mesh in V.find_meshes(root):
+        assert mesh.with_suffix(".raw").stat().st_size == 32**3
+        with np.load(mesh.parent / data.CACHE_NAME) as z:
+            assert int(z["dim"]) == 32 and str(z["method"]) == "binvox-win"
+    loaded = data.load_dataset(root)
+    assert loaded.dim == 32 and len(loaded) == 5
+    # the same flags again: skipped, and the summary says why
+    again = tool("convert_data", "-m", root, "--dim", "32", "-j", "1", "--no-progress")
+    assert again.returncode == 0
+    assert summary_line(again).startswith("converted 0, skipped 5, failed 0")
+    assert "their 32³ outputs exist (--force reconverts them)" in summary_line(again)
+
+
+def test_convert_tool_other_method_is_refused(tmp_path):
+    root = tmp_path / "m"
+    root.mkdir()
+    shutil.copyfile(MODELNET / "table" / "train" / "table_0151.off", root / "table_0151.off")
+    assert tool("convert_data", "-m", root, "-j", "1", "--no-progress").returncode == 0
+    before = _tree_bytes(root)
+    line = error_line(tool("convert_data", "-m", root, "--method", "binvox", "-j", "1", "--no-progress"))
+    assert "1 of 1 existing voxel output differs" in line and "made with binvox-win" in line
+    assert "not binvox;" in line and "--force" in line and "train.py" not in line
+    assert _tree_bytes(root) == before
+
+
+def test_convert_tool_never_leaves_mixed_sizes(tmp_path):
+    """Grids this run would not replace (another --format) and that have another size: refused,
+    with --force too, since --force only replaces this run's outputs."""
+    root = tmp_path / "m"
+    root.mkdir()
+    shutil.copyfile(MODELNET / "desk" / "train" / "desk_0011.off", root / "desk_0011.off")
+    assert tool("convert_data", "-m", root, "-j", "1", "--no-progress").returncode == 0   # desk_0011.raw, 64³
+    before = _tree_bytes(root)
+    for extra in ([], ["--force"]):
+        line = error_line(tool("convert_data", "-m", root, "--dim", "32", "--format", "npy", *extra,
+                               "-j", "1", "--no-progress"))
+        assert "1 other voxel file in the folders of the meshes holds 64³ grids" in line and "desk_0011.raw" in line
+        assert "mix" in line and "--format raw" in line and "nothing was converted" in line
+        assert _tree_bytes(root) == before
+    # a library caller of convert_file is not silently skipped either
+    result = V.convert_file(root / "desk_0011.off", V.ConvertOptions(dim=32))
+    assert result.status == "failed" and "64³ grid, not 32³" in result.message and "--force" in result.message
+    assert _tree_bytes(root) == before
+
+
+def test_folder_named_like_a_mesh_is_reported(tmp_path):
+    root = tmp_path / "m"
+    (root / "x.off").mkdir(parents=True)
+    shutil.copyfile(MODELNET / "table" / "train" / "table_0151.off", root / "x.off" / "table_0151.off")
+    shutil.copyfile(MODELNET / "chair" / "test" / "chair_0948.off", root / "chair_0948.off")
+    lines = []
+    assert V.find_meshes(root, report=lines.append) == [root / "chair_0948.off", root / "x.off" / "table_0151.off"]
+    assert lines == [f"warning: {root / 'x.off'} is a folder, not a mesh file: not voxelized (meshes inside it are)"]
+    proc = tool("convert_data", "-m", root, "-j", "1", "--no-progress")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert lines[0] in proc.stdout.splitlines()
+    line = summary_line(proc)
+    assert line.startswith("converted 2, skipped 0, failed 0")
+    assert "1 entry named like a mesh is not a mesh file" in line
+    # only folders named like meshes: the error says so
+    empty = tmp_path / "e"
+    (empty / "y.obj").mkdir(parents=True)
+    line = error_line(tool("convert_data", "-m", empty, "--no-progress"))
+    assert "no mesh files" in line and "1 entry named like one is not a file" in line
+    # check_voxelizer reports it too
+    from tf3dgan.voxel_check import check_voxelizer
+
+    result = check_voxelizer(root, root, methods=["binvox"])   # the .raw files just written are references
+    assert result.warnings == (lines[0],) and len(result.rows["binvox --dim 64  vs  X.raw"]) == 2
+
+
+# ------------------------------------------------------------ binvox -e rules
+
+
+def test_surface_matches_binvox_e_bit_for_bit():
+    """binvox -d 32 -e -cb references of the fixture meshes are reproduced exactly."""
+    refs = 0
+    for mesh_path in fixture_meshes():
+        ref = _reference(mesh_path, ".d32_e_cb.binvox")
+        if ref is not None:
+            refs += 1
+            np.testing.assert_array_equal(V.voxelize_file(mesh_path, 32, "surface", center=True)[0], _read(ref),
+                                          err_msg=mesh_path.stem)
+    assert refs == 5
+
+
+def _one_triangle(corners) -> V.Mesh:
+    """One triangle plus two unused vertices that pin the bounding box to [0, 8]^3 (scale 1 at dim 8)."""
+    return V.Mesh(np.vstack([corners, [[0, 0, 0], [8, 8, 8]]]).astype(float), np.array([[0, 1, 2]]))
+
+
+def test_surface_cells_are_half_open_and_clamped():
+    # a triangle in the plane x = 3 is tried for cell x = 3 only, not for x = 2 (whose box it touches)
+    grid = V.voxelize_mesh(_one_triangle([[3, 1, 1], [3, 6, 1], [3, 1, 6]]), 8, "surface")  # [x][z][y]
+    assert set(np.argwhere(grid)[:, 0].tolist()) == {3}
+    # one on the grid's far face x = 8 goes to the last cell
+    grid = V.voxelize_mesh(_one_triangle([[8, 1, 1], [8, 6, 1], [8, 1, 6]]), 8, "surface")
+    assert set(np.argwhere(grid)[:, 0].tolist()) == {7}
+
+
+@pytest.mark.parametrize("s,hit", [(3.0, True), (3.02, True), (3.04, False)])
+def test_surface_box_half_side_is_binvox_0_51(s, hit):
+    """Plane x + y + z = s: its SAT distance from cell (0, 0, 0) is (s - 1.5) / 3 half sides; binvox
+    -e sets the cell up to 0.51 (s <= 3.03), not just up to 0.5 (s <= 3)."""
+    grid = V.voxelize_mesh(_one_triangle([[s, 0, 0], [0, s, 0], [0, 0, s]]), 8, "surface")
+    assert bool(grid[0, 0, 0]) is hit
+    assert grid[1, 0, 0] and grid[0, 1, 0] and grid[0, 0, 1]

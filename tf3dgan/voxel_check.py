@@ -35,6 +35,7 @@ class Check(NamedTuple):
 class CheckResult(NamedTuple):
     rows: dict      # "method --dim D  vs  X<tag>" -> [(IoU, mesh relative path), ...]
     failures: list  # one line per mesh that could not be read
+    warnings: tuple = ()  # one line per entry named like a mesh that is not a mesh file (a folder)
 
 
 def references(ref_dir: Path, rel: Path) -> list[Check]:
@@ -65,7 +66,8 @@ def check_voxelizer(ref_dir, mesh_dir, methods=None,
                     on_file: Callable[[float, str, Path], None] | None = None) -> CheckResult:
     """Voxelize every mesh under ``mesh_dir`` that has references under ``ref_dir`` as each
     reference says (``methods``: only these) and take the IoU with it.  ``on_file(iou, label,
-    rel)`` is called per comparison.  A missing folder, or no mesh with a reference, is a
+    rel)`` is called per comparison; an entry named like a mesh that is not a file (a folder
+    ``x.off``) is one line in ``warnings``.  A missing folder, or no mesh with a reference, is a
     ``Tf3dganError``, and so is having only unreadable ones; an unreadable mesh is one line in
     ``failures``."""
     ref_dir, mesh_dir = Path(ref_dir), Path(mesh_dir)
@@ -74,7 +76,8 @@ def check_voxelizer(ref_dir, mesh_dir, methods=None,
             raise Tf3dganError(f"folder '{folder}' does not exist")
     rows: dict[str, list[tuple[float, str]]] = {}
     failures = []
-    for mesh_path in find_meshes(mesh_dir):
+    warnings: list[str] = []
+    for mesh_path in find_meshes(mesh_dir, report=warnings.append):
         rel = mesh_path.relative_to(mesh_dir).with_suffix("")
         checks = [c for c in references(ref_dir, rel) if not methods or c.method in methods]
         if not checks:
@@ -94,9 +97,11 @@ def check_voxelizer(ref_dir, mesh_dir, methods=None,
         raise Tf3dganError(f"none of the {len(failures)} mesh file(s) with references under '{mesh_dir}' could be "
                            f"read; the first: {failures[0]}")
     if not rows:
+        odd = f"; {len(warnings)} entry(ies) named like a mesh are not files: {warnings[0]}" if warnings else ""
         raise Tf3dganError(f"no mesh under '{mesh_dir}' has a reference file under '{ref_dir}' "
-                           "(X.win126.raw, X.raw, X.binvox or X.dD[_e][_cb].binvox beside the same relative path)")
-    return CheckResult(rows, failures)
+                           "(X.win126.raw, X.raw, X.binvox or X.dD[_e][_cb].binvox beside the same relative path)"
+                           + odd)
+    return CheckResult(rows, failures, tuple(warnings))
 
 
 def format_table(rows: dict) -> str:

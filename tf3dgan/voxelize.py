@@ -6,7 +6,8 @@ Three methods (see ``shared/data/SOURCES.md``, sections 2-3):
   with. Windows ``binvox.exe -d 64`` voxelizes at ``2*dim`` and OR-pools 2x2x2 cells to
   ``dim`` (a cell is set if any of its 8 children is set).
 * ``binvox``: binvox's default method at ``dim`` (Linux ``binvox -d dim``).
-* ``surface``: ``binvox -e``: every cell a triangle touches (a hollow shell).
+* ``surface``: ``binvox -e``: every cell a triangle touches (a hollow shell; see
+  :data:`SURFACE_SAT_HALF_SIDE` for binvox's exact cell test).
 
 Placement (as binvox): one uniform scale ``s = dim / longest side of the bounding box``;
 the bounding-box minimum sits at grid index 0 on every axis, or, with ``center=True``
@@ -33,7 +34,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, Tf3dganError
 
 METHODS = ("binvox-win", "binvox", "surface")
 DEFAULT_METHOD = "binvox-win"
@@ -357,20 +358,33 @@ def _or_pool(grid: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------- surface
 
 
-# Surface mode tests each triangle against the closed cell box [c, c+1]^3 with the
-# separating-axis test. binvox -e behaves as if the box were a little larger on the
-# triangle-normal and edge-cross axes only (not on the box's own axes): a half side of
-# 0.51 there fits the reference files best (mean IoU over the 104 sample meshes at
-# -d 32 -cb: 0.5 -> 0.990, 0.505 -> 0.995, 0.51 -> 0.999, 0.515 -> 0.996).
+# binvox -e, as measured on its output (104 ModelNet10 meshes, -d 32 -cb, 370,000 candidate
+# cells; every one of them is reproduced): the cells tried for a triangle are its voxel-index
+# bounding box, floor(min) .. floor(max) on each axis, clamped to the grid (so cell c holds
+# [c, c+1): a triangle lying in the plane x = c is tried for cell c only, and one on the
+# grid's far face x = dim for cell dim - 1); each is kept if Akenine-Moeller's
+# separating-axis triangle/box test passes for the box of half side 0.51 around its centre.
+# The half side is not a fitted tolerance: over those cells, the least half side that puts a
+# triangle on a cell is <= 0.509997 for every cell binvox sets and >= 0.510010 for every
+# cell it leaves empty (the 46 chairs alone and the 58 other meshes alone bracket it the
+# same way). 0.5 plus a rounding epsilon would miss 2,664 set cells that need 0.500-0.510.
 SURFACE_SAT_HALF_SIDE = 0.51
 
 
+def surface_cell_ranges(tris: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The cells binvox ``-e`` tries for each triangle: ``(lo, hi)`` index arrays ``(F, 3)``,
+    ``floor`` of the triangle's bounding box clamped to ``0 .. dim - 1`` (inclusive)."""
+    lo = np.clip(np.floor(tris.min(axis=1)), 0, dim - 1).astype(np.int64)
+    hi = np.clip(np.floor(tris.max(axis=1)), 0, dim - 1).astype(np.int64)
+    return lo, hi
+
+
 def surface_xyz(tris: np.ndarray, dim: int) -> np.ndarray:
-    """binvox ``-e``: every cell whose (slightly enlarged, closed) box a triangle touches,
-    as a bool ``[x][y][z]`` grid."""
+    """binvox ``-e``: every cell of a triangle's clamped index range (:func:`surface_cell_ranges`)
+    whose box of half side :data:`SURFACE_SAT_HALF_SIDE` the triangle touches, as a bool
+    ``[x][y][z]`` grid (a hollow shell)."""
     grid = np.zeros((dim, dim, dim), dtype=bool)
-    lo = np.clip(np.ceil(tris.min(axis=1) - 1).astype(np.int64), 0, dim - 1)
-    hi = np.clip(np.floor(tris.max(axis=1)).astype(np.int64), 0, dim - 1)
+    lo, hi = surface_cell_ranges(tris, dim)
     n = hi - lo + 1
     counts = n[:, 0] * n[:, 1] * n[:, 2]
     ends = np.cumsum(counts)
@@ -384,23 +398,22 @@ def surface_xyz(tris: np.ndarray, dim: int) -> np.ndarray:
         local = np.arange(int(c.sum())) - np.repeat(first, c)
         ny, nz = n[tri, 1], n[tri, 2]
         cell = np.stack([lo[tri, 0] + local // (ny * nz), lo[tri, 1] + (local // nz) % ny, lo[tri, 2] + local % nz], 1)
-        hit = _tri_box_overlap(tris[tri] - (cell + 0.5)[:, None, :], 0.5, SURFACE_SAT_HALF_SIDE)
+        hit = _tri_box_overlap(tris[tri] - (cell + 0.5)[:, None, :], SURFACE_SAT_HALF_SIDE)
         cells = cell[hit]
         grid[cells[:, 0], cells[:, 1], cells[:, 2]] = True
         start = stop
     return grid
 
 
-def _tri_box_overlap(tri: np.ndarray, half: float, sat_half: float | None = None) -> np.ndarray:
-    """Separating-axis test of triangles ``(n, 3, 3)`` (box-centred) against the closed box
-    ``[-half, half]^3``; True where they touch. ``sat_half`` (default ``half``) is the
-    half side used on the triangle-normal and edge-cross axes."""
-    sat = half if sat_half is None else sat_half
+def _tri_box_overlap(tri: np.ndarray, half: float) -> np.ndarray:
+    """Akenine-Moeller's separating-axis test of triangles ``(n, 3, 3)`` (box-centred) against
+    the closed box ``[-half, half]^3`` (the 3 box axes, the triangle normal, the 9 edge
+    crosses); True where they touch."""
     v0, v1, v2 = tri[:, 0], tri[:, 1], tri[:, 2]
     ok = np.all(tri.min(axis=1) <= half, axis=1) & np.all(tri.max(axis=1) >= -half, axis=1)
     e = (v1 - v0, v2 - v1, v0 - v2)
     normal = np.cross(e[0], e[1])
-    radius = sat * np.abs(normal).sum(axis=1)
+    radius = half * np.abs(normal).sum(axis=1)
     dist = np.einsum("ij,ij->i", normal, v0)
     ok &= np.abs(dist) <= radius
     for edge in e:
@@ -409,7 +422,7 @@ def _tri_box_overlap(tri: np.ndarray, half: float, sat_half: float | None = None
             axis_vec[a] = 1.0
             ax = np.cross(axis_vec, edge)  # (n, 3)
             p = np.stack([np.einsum("ij,ij->i", ax, v) for v in (v0, v1, v2)], 1)
-            r = sat * np.abs(ax).sum(axis=1)
+            r = half * np.abs(ax).sum(axis=1)
             ok &= (p.min(axis=1) <= r) & (p.max(axis=1) >= -r)
     return ok
 
@@ -486,6 +499,8 @@ class ConvertSummary(NamedTuple):
     results: list
     caches: list          # cache files written
     cache_warnings: list  # one line per folder whose cache could not be written
+    not_meshes: tuple = ()  # one line per entry named like a mesh that is not a mesh file (a folder)
+    skipped_sides: tuple = ()  # grid sides of the outputs that were already there (skipped)
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -496,13 +511,29 @@ def output_path(mesh_path: str | os.PathLike, fmt: str = "raw") -> Path:
     return Path(mesh_path).with_suffix("." + fmt)
 
 
-def find_meshes(folder: str | os.PathLike) -> list[Path]:
-    """Mesh files (:data:`MESH_SUFFIXES`) under ``folder``, recursively, sorted; hidden ones skipped."""
+def find_meshes(folder: str | os.PathLike, report=None) -> list[Path]:
+    """Mesh files (:data:`MESH_SUFFIXES`) under ``folder``, recursively, sorted; hidden ones skipped.
+
+    An entry named like a mesh that is not a regular file (a folder ``x.off``, a FIFO) is
+    not returned: ``report(line)`` is called once for each (a folder's contents are still
+    searched).
+    """
     found = []
     for root, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(root, f) for f in filenames
-                     if not f.startswith(".") and Path(f).suffix.lower() in MESH_SUFFIXES)
+        odd = [(d, "a folder") for d in dirnames if Path(d).suffix.lower() in MESH_SUFFIXES]
+        for f in filenames:
+            if f.startswith(".") or Path(f).suffix.lower() not in MESH_SUFFIXES:
+                continue
+            path = Path(root, f)
+            if path.is_file() or not path.exists():  # a broken link fails later, with its name
+                found.append(path)
+            else:
+                odd.append((f, "not a regular file"))
+        if report is not None:
+            for name, what in sorted(odd):
+                inside = " (meshes inside it are)" if what == "a folder" else ""
+                report(f"warning: {Path(root, name)} is {what}, not a mesh file: not voxelized{inside}")
     return sorted(found)
 
 
@@ -563,11 +594,160 @@ def run_binvox_binary(binary: str, mesh_path: str | os.PathLike, dim: int = 64, 
         return grid
 
 
+def grid_side(path: str | os.PathLike) -> int | None:
+    """The side of the voxel grid(s) in a voxel file, read cheaply (``.raw``: its size;
+    ``.binvox`` / ``.npy``: the header; ``.npz``: loaded), or None if it cannot be read."""
+    from . import binvox, data
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".raw":
+            return binvox.cube_side(path.stat().st_size)
+        if suffix == ".binvox":
+            return binvox.read_binvox_header(path).dim
+        if suffix == ".npy":
+            return int(data.as_batch(np.load(path, mmap_mode="r", allow_pickle=False), str(path)).shape[1])
+        return data.load_dataset(str(path)).dim
+    except Exception:  # noqa: BLE001 - unreadable or foreign: no side
+        return None
+
+
+class ExistingOutputs(NamedTuple):
+    """What :func:`check_existing_outputs` found beside the meshes of one run."""
+
+    same: list       # (output path, side) of outputs this run would skip (same side and method)
+    differ: list     # (output path, reason) of outputs of another side / method, or unreadable
+    others: list     # (voxel file, side) beside the meshes, not outputs of this run, of another side
+    meshes: int = 0  # meshes checked
+
+
+def _cache_methods(folder: Path) -> dict[str, str]:
+    """stem -> ``method`` noted in ``folder``'s dataset cache (empty if none or no note)."""
+    from . import data
+
+    cache = folder / data.CACHE_NAME
+    if not cache.is_file():
+        return {}
+    try:
+        with np.load(cache, allow_pickle=False) as z:
+            if "method" not in z.files:
+                return {}
+            method = str(z["method"])
+            return {str(name): method for name in z["names"].tolist()}
+    except Exception:  # noqa: BLE001 - an unreadable cache is rewritten anyway
+        return {}
+
+
+def check_existing_outputs(meshes: list[Path], options: ConvertOptions) -> ExistingOutputs:
+    """Compare the voxel files already beside ``meshes`` with what this run would write.
+
+    An existing output (``X.<format>``) *differs* when its grid side is not ``options.dim``,
+    when the folder's dataset cache notes another method for it (``method`` key, see
+    :meth:`ConvertOptions.describe`), or when it cannot be read. Any other voxel file in or
+    below a folder of meshes (another format, a foreign file: what that folder's dataset cache
+    holds) whose side is not ``options.dim`` is listed in ``others``: this run would not
+    replace it, so the folder would mix sizes.
+    """
+    from . import data
+
+    same, differ, others = [], [], []
+    method = options.describe()
+    by_folder: dict[Path, list[Path]] = {}
+    for mesh in meshes:
+        by_folder.setdefault(Path(mesh).parent, []).append(Path(mesh))
+    all_targets = {output_path(m, options.format) for m in meshes}
+    seen: set[Path] = set()
+    for folder, folder_meshes in sorted(by_folder.items()):
+        targets = {output_path(m, options.format) for m in folder_meshes}
+        methods = _cache_methods(folder)
+        for out in sorted(targets):
+            if not out.exists():
+                continue
+            side = grid_side(out)
+            old = methods.get(out.name[: -len(out.suffix)])
+            if side is None:
+                differ.append((out, "unreadable"))
+            elif side != options.dim:
+                differ.append((out, f"{side}³"))
+            elif old is not None and old != method:
+                differ.append((out, f"made with {old}"))
+            else:
+                same.append((out, side))
+        for f in data.voxel_files(folder):  # what the folder's dataset cache would hold
+            if f not in all_targets and f not in seen:
+                seen.add(f)
+                side = grid_side(f)
+                if side is not None and side != options.dim:
+                    others.append((f, side))
+    return ExistingOutputs(same, differ, others, len(meshes))
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
+def refusal(found: ExistingOutputs, options: ConvertOptions, folder: Path) -> str | None:
+    """The one-line reason :func:`convert_tree` refuses to start, or None: outputs that differ
+    (unless ``options.force``) and voxel files it would leave beside grids of another side."""
+    from . import data
+
+    dim = options.dim
+    if found.others:
+        sides = sorted({side for _, side in found.others})
+        example = found.others[0][0]
+        fmt = example.suffix.lower().lstrip(".")
+        sibling = fmt in OUTPUT_FORMATS and fmt != options.format and any(
+            (example.parent / (example.name[: -len(example.suffix)] + ext)).exists() for ext in MESH_SUFFIXES)
+        hint = f" or convert with --format {fmt}" if sibling else ""
+        return (f"{folder}: {_count(len(found.others), 'other voxel file')} in the folders of the meshes "
+                f"{'holds' if len(found.others) == 1 else 'hold'} {' and '.join(f'{s}³' for s in sides)} grids "
+                f"(e.g. {example}) that this run would not replace, so the folders would mix them with {dim}³ "
+                f"grids (the training loader refuses mixed sizes); nothing was converted: move them away{hint}")
+    if not found.differ or options.force:
+        return None
+    existing = len(found.same) + len(found.differ)
+    reasons: dict[str, int] = {}
+    for _, why in found.differ:
+        reasons[why] = reasons.get(why, 0) + 1
+    parts = []
+    for why, n in reasons.items():
+        verb = "is" if n == 1 else "are"
+        if why == "unreadable":
+            parts.append(f"{n} {verb} unreadable")
+        elif why.startswith("made with"):
+            parts.append(f"{n} {'was' if n == 1 else 'were'} {why} (the folder's {data.CACHE_NAME} says), "
+                         f"not {options.describe()}")
+        else:
+            parts.append(f"{n} {verb} {why}, not {dim}³")
+    line = (f"{folder}: {len(found.differ)} of {_count(existing, 'existing voxel output')} "
+            f"{'differs' if len(found.differ) == 1 else 'differ'} from this run "
+            f"({'; '.join(parts)}; e.g. {found.differ[0][0]}); nothing was converted: --force replaces them "
+            f"(it reconverts all {_count(found.meshes, 'mesh', 'meshes')})")
+    for side in sorted({int(why[:-1]) for _, why in found.differ if why.endswith("³")}):
+        try:
+            if side > dim and data.pool_factor(side, dim) > 1:
+                return (line + f", or keep the {side}³ grids and train at {dim}³: tools/train.py --resolution {dim} "
+                        "pools them down")
+        except Tf3dganError:  # not a power-of-two step down: no pooling hint
+            pass
+    return line
+
+
 def convert_file(mesh_path: str | os.PathLike, options: ConvertOptions = ConvertOptions()) -> ConvertResult:
-    """Convert one mesh to a voxel file beside it; never raises for a bad file (status ``failed``)."""
+    """Convert one mesh to a voxel file beside it; never raises for a bad file (status ``failed``).
+
+    An existing output is kept (status ``skipped``) only if it holds a grid of ``options.dim``;
+    one of another side (or unreadable) is ``failed`` unless ``options.force`` replaces it.
+    """
     out = output_path(mesh_path, options.format)
     if out.exists() and not options.force:
-        return ConvertResult(str(mesh_path), str(out), "skipped")
+        side = grid_side(out)
+        if side == options.dim:
+            return ConvertResult(str(mesh_path), str(out), "skipped")
+        held = "cannot be read" if side is None else f"holds a {side}³ grid, not {options.dim}³"
+        return ConvertResult(str(mesh_path), str(out), "failed",
+                             f"{out}: exists and {held}; --force (force=True) replaces it")
     try:
         if options.binvox_binary:
             grid = run_binvox_binary(options.binvox_binary, mesh_path, options.dim, options.method,
@@ -595,7 +775,11 @@ def convert_tree(folder: str | os.PathLike, options: ConvertOptions = ConvertOpt
     """Convert every mesh under ``folder`` (see :func:`convert_file`), ``jobs`` processes at once
     (default: all cores), then write the dataset cache of each folder that holds meshes.
 
-    ``report(line)`` is called for every failed file (the line names it) and cache problem.
+    Before any work, a :class:`DataError` (one line, naming the count and ``--force``) refuses a
+    run that would skip outputs of another grid side or method (unless ``options.force``) or
+    leave voxel files of another side beside the meshes: a folder never ends up mixing grid
+    sizes. ``report(line)`` is called for every failed file (the line names it), every entry
+    named like a mesh that is not a file, and every cache problem.
     """
     from tqdm import tqdm
 
@@ -603,9 +787,16 @@ def convert_tree(folder: str | os.PathLike, options: ConvertOptions = ConvertOpt
     if not folder.is_dir():
         raise DataError(f"model folder '{folder}' does not exist" if not folder.exists()
                         else f"'{folder}' is not a folder; give -m the folder holding the meshes")
-    meshes = find_meshes(folder)
+    not_meshes: list[str] = []
+    meshes = find_meshes(folder, report=lambda line: (not_meshes.append(line), report(line)))
     if not meshes:
-        raise DataError(f"model folder '{folder}' has no mesh files ({', '.join(MESH_SUFFIXES)})")
+        n = len(not_meshes)
+        also = f" ({_count(n, 'entry', 'entries')} named like one {'is' if n == 1 else 'are'} not a file)" if n else ""
+        raise DataError(f"model folder '{folder}' has no mesh files ({', '.join(MESH_SUFFIXES)}){also}")
+    found = check_existing_outputs(meshes, options)
+    line = refusal(found, options, folder)
+    if line:
+        raise DataError(line)
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(meshes)))
     results: list[ConvertResult] = []
     bar = tqdm(total=len(meshes), unit="mesh", desc="voxelizing", disable=(None if progress is None else not progress))
@@ -643,7 +834,8 @@ def convert_tree(folder: str | os.PathLike, options: ConvertOptions = ConvertOpt
             if line:
                 warnings_.append(line)
                 report(line)
-    return ConvertSummary(results, caches, warnings_)
+    skipped_sides = () if options.force else tuple(sorted({side for _, side in found.same}))
+    return ConvertSummary(results, caches, warnings_, tuple(not_meshes), skipped_sides)
 
 
 def update_cache(folder: Path, options: ConvertOptions, converted: int = 1, meshes: int = 1) -> tuple[str, Path | None]:

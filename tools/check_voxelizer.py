@@ -16,6 +16,8 @@ from tf3dgan.voxel_check import check_voxelizer, format_table
 def compare(args: argparse.Namespace) -> None:
     verbose = (lambda value, key, rel: print(f"{value:.4f}  {key:48s} {rel}")) if args.verbose else None
     result = check_voxelizer(args.ref_dir, args.mesh_dir, args.methods, on_file=verbose)
+    for line in result.warnings:
+        print(line)
     for line in result.failures:
         print(f"failed: {line}")
     print(format_table(result.rows))

@@ -3,7 +3,10 @@
 
 Every mesh under -m (.off; .obj/.stl/.ply with trimesh) becomes a voxel file beside it
 (X.off -> X.raw, binvox's raw layout), then each folder of meshes gets the dataset cache
-that training loads in under a second.
+that training loads in under a second. Existing outputs of the same --dim and method are
+skipped; if any has another size or method the run refuses up front (--force replaces them),
+so a folder never mixes grid sizes. To train at 32³ from 64³ files, keep them:
+tools/train.py --resolution 32 pools them down.
 
 Example: python tools/convert_data.py -m ModelNet10/chair            (= Windows binvox -d 64, built in)
          python tools/convert_data.py -m ModelNet10 --method binvox  (= Linux binvox -d 64)
@@ -35,7 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="raw", choices=OUTPUT_FORMATS,
                    help="output beside each mesh: X.raw (binvox raw: dim^3 bytes 0/255, order [x][z][y]), X.binvox or X.npy")
     p.add_argument("-j", "--jobs", type=int, default=None, help="processes [default: all cores]")
-    p.add_argument("--force", action="store_true", help="reconvert meshes whose output file exists (skipped otherwise)")
+    p.add_argument("--force", action="store_true",
+                   help="reconvert meshes whose output file exists (skipped otherwise when it has this --dim and "
+                        "method; outputs of another size or method are refused up front without --force)")
     p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds allowed per mesh for -b")
     p.add_argument("--no-cache", dest="cache", action="store_false", help="do not write the dataset caches")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bar")
@@ -60,8 +65,16 @@ def convert(args: argparse.Namespace) -> int:
     if summary.caches:
         print(f"wrote {len(summary.caches)} dataset cache(s) ({summary.caches[0].name})")
     rate = f", {converted / seconds:.1f} meshes/s" if converted and seconds > 0 else ""
+    notes = ""
+    if skipped:
+        sides = " / ".join(f"{d}³" for d in summary.skipped_sides) or f"{args.dim}³"
+        notes += f"; skipped: their {sides} outputs exist (--force reconverts them)"
+    if summary.not_meshes:
+        n = len(summary.not_meshes)
+        notes += (f"; {n} {'entry' if n == 1 else 'entries'} named like a mesh {'is' if n == 1 else 'are'} "
+                  f"not a mesh file (warning{'' if n == 1 else 's'} above)")
     print(f"converted {converted}, skipped {skipped}, failed {failed} of {len(summary.results)} mesh files "
-          f"in {seconds:.1f} s{rate}")
+          f"in {seconds:.1f} s{rate}{notes}")
     return failed
 
 
