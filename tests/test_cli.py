@@ -33,6 +33,7 @@ def test_train_cli_writes_the_whole_run_folder(tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["model"]["arch"] == "rasgan64" and config["data"]["dim"] == 8
     assert config["settings"]["epochs"] == 2 and config["batch_size"] == 8
+    assert config["threshold"] == 0.3   # linear output: the seed's threshold, used by every tool for this run
     assert np.isfinite(np.load(run / "plots/track_d_validation_loss.npy")).all()
     assert "epoch 2/2" in proc.stdout and "done: 2 epochs" in proc.stdout
     # TensorBoard: scalars, the sample image and the point cloud are in the event file

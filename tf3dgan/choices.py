@@ -18,4 +18,6 @@ GRAPH_STYLES = ("scatter", "shaded")
 COLORMAPS = ("copper", "viridis", "plasma", "winter", "cool", "ocean", "inferno", "coolwarm")
 #: (azimuth, elevation) in degrees: matplotlib's default 3D view
 DEFAULT_VIEW = (-60.0, 30.0)
+#: The original's occupancy threshold (linear-output generators, and grids of no run); sigmoid runs use 0.5
+DEFAULT_THRESHOLD = 0.3
 BACKENDS = {"tensorflow": "tf", "jax": "jax"}                 # Keras backend -> the short name of bench --backend

@@ -92,6 +92,7 @@ class _Run:
             model_cfg = make_spec(cfg.arch or "rasgan64", 1.0 if cfg.width is None else cfg.width, self.data.dim,
                                   cfg.output_activation).to_dict()
         self.spec = model_cfg
+        self.threshold = runs.model_threshold(model_cfg)   # the run's one occupancy threshold (config.json)
         for key in MODEL_FLAGS:   # config.json's settings name the model trained
             setattr(cfg, key, model_cfg[key])
         batch = cfg.batchsize
@@ -184,7 +185,7 @@ class _Run:
                   "validation": None if self.val is None else {"source": self.val.source, "count": len(self.val)},
                   "steps_per_epoch": self.trainer.steps_per_epoch, "lr_schedule": self.schedule,
                   "loss": self.trainer.objective.name, "d_rule": self.trainer.d_rule, "backend": self.backend,
-                  "replicas": self.replicas}
+                  "replicas": self.replicas, "threshold": self.threshold}
         if saved is not None and _same_json(saved, config):
             return   # an exact resume leaves config.json as it was
         runs.write_config(self.dir, config)
@@ -306,7 +307,7 @@ class _Run:
     def _save_graph3d(self, grid: np.ndarray) -> None:
         from . import plots
 
-        threshold = 0.5 if self.spec["output_activation"] == "sigmoid" else 0.3
+        threshold = self.threshold
         title = f"{self.label} [Epoch={self.epoch}]"
         plots.save_voxel_graph(self.dir / "3D_graphs" / f"{self.epoch}.png", grid, title, threshold,
                                style=self.cfg.graph_style)

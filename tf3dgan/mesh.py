@@ -32,7 +32,7 @@ from .errors import DataError, Tf3dganError, numpy_load_reason, write_error
 
 MESH_KINDS = ("cubes", "faces", "marching-cubes")
 FORMATS = ("obj", "stl", "ply", "glb")
-DEFAULT_THRESHOLD = 0.3   # the original's
+from .choices import DEFAULT_THRESHOLD  # noqa: E402  (the original's 0.3)
 DEFAULT_SCALE = 0.01      # the original's voxel size
 
 

@@ -60,6 +60,47 @@ def sample_files(out: str | os.PathLike, name: str, doing: str = "convert") -> t
     return folder, files
 
 
+from .choices import DEFAULT_THRESHOLD  # noqa: E402  (the original's: grids of no run, linear-output runs)
+
+
+def model_threshold(model: dict) -> float:
+    """A generator's occupancy threshold: 0.5 for a sigmoid output (a probability), else the seed's 0.3."""
+    return 0.5 if model.get("output_activation") == "sigmoid" else DEFAULT_THRESHOLD
+
+
+def run_threshold(run_dir: Path) -> float | None:
+    """The occupancy threshold of the run in ``run_dir`` (``config.json``'s ``threshold``, or the one its model
+    implies for runs made before it was stored); None when ``run_dir`` holds no readable config.json."""
+    path = Path(run_dir) / CONFIG_NAME
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if isinstance(config.get("threshold"), (int, float)):
+        return float(config["threshold"])
+    model = config.get("model")
+    return model_threshold(model) if isinstance(model, dict) else None
+
+
+def threshold_for(path: str | os.PathLike | None = None, run_dir: str | os.PathLike | None = None,
+                  given: float | None = None) -> tuple[float, str]:
+    """The occupancy threshold a tool uses, and where it came from: ``given`` (``--threshold``) wins; else the
+    run's (``run_dir``, or the run a file lies in: ``<run>/<epoch>.npy``, ``<run>/generated/...``,
+    ``<run>/models/...``); else the original's 0.3. One threshold per run, so one sample means one shape in
+    every tool."""
+    if given is not None:
+        return float(given), "--threshold"
+    candidates = [Path(run_dir)] if run_dir is not None else []
+    if path is not None and not str(path).startswith("synthetic:"):
+        p = Path(str(path).split(".npz:")[0] + (".npz" if ".npz:" in str(path) else ""))
+        candidates += [p.parent, p.parent.parent]
+    for folder in candidates:
+        value = run_threshold(folder)
+        if value is not None:
+            return value, f"the run's ({folder / CONFIG_NAME})"
+    return DEFAULT_THRESHOLD, "the default"
+
+
 def write_config(run_dir: Path, config: dict) -> Path:
     return write_text(Path(run_dir) / CONFIG_NAME, json.dumps(config, indent=2, sort_keys=True) + "\n")
 

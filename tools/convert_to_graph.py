@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a sheet of the first R*C grids of each file (e.g. 4x4) instead of one grid")
     p.add_argument("--tile", type=float, default=3.0, help="size of one panel of a --grid sheet, in inches (100 dpi)")
     p.add_argument("--index", type=int, default=None, help="which grid of a batch or dataset to draw [default: 0]")
-    p.add_argument("--threshold", type=float, default=0.3, help="a voxel is solid above this value")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="a voxel is solid above this value [default: the run's (config.json of the run the grids "
+                        "belong to: 0.5 for sigmoid generators, else 0.3); 0.3, the original's, for other grids]")
     p.add_argument("--view", nargs=2, type=float, default=list(DEFAULT_VIEW), metavar=("AZ", "EL"),
                    help="azimuth and elevation of the viewer, in degrees")
     p.add_argument("--up-axis", type=int, choices=(0, 1, 2), default=1,
@@ -100,7 +102,7 @@ def draw(args, source, target: Path, sheet) -> str | None:
 
 def run(args: argparse.Namespace) -> None:
     from tf3dgan.mesh import EmptyGridError, check_output, open_grids
-    from tf3dgan.runs import sample_files
+    from tf3dgan.runs import sample_files, threshold_for
 
     sheet = parse_grid(args.grid)
     if not 0.5 <= args.tile <= 20:
@@ -115,6 +117,7 @@ def run(args: argparse.Namespace) -> None:
         if args.output:
             raise Tf3dganError("-o/--output goes with -f/--file, not -n/--name")
         folder, files = sample_files(args.out, args.name, "draw")
+        args.threshold, _ = threshold_for(run_dir=folder, given=args.threshold)
         graphs = check_output(folder / "3D_graphs" / "x.png").parent
         drawn = skipped = 0
         empty = []
@@ -136,6 +139,7 @@ def run(args: argparse.Namespace) -> None:
                          f", skipped {len(empty)} with no voxel above --threshold {args.threshold:g}" if empty else ""])
         print(f"drew {drawn} graph{'s' * (drawn != 1)} into {graphs}{extra} in {time.perf_counter() - start:.1f}s")
     else:
+        args.threshold, _ = threshold_for(args.file, given=args.threshold)
         source = open_grids(args.file, limit=_limit(args, sheet))
         target = Path(args.output) if args.output else source.folder / "3D_graphs" / f"{source.stem}.png"
         check_output(target)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tf3dgan.cli import HelpFormatter, run_tool
 from tf3dgan.errors import DataError, Tf3dganError
-from tf3dgan.mesh import (DEFAULT_SCALE, DEFAULT_THRESHOLD, FORMATS, MESH_KINDS, EmptyGridError, check_output,
+from tf3dgan.mesh import (DEFAULT_SCALE, FORMATS, MESH_KINDS, EmptyGridError, check_output,
                           empty_note, export_mesh, grid_to_mesh, open_grids)
 
 
@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true",
                        help="convert every grid of a batch or dataset (<stem>_<i>.<format>; empty grids are skipped "
                             "and counted)")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="a voxel is solid above this value")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="a voxel is solid above this value [default: the run's (config.json of the run the grids "
+                        "belong to: 0.5 for sigmoid generators, else 0.3); 0.3, the original's, for other grids]")
     p.add_argument("--mesh", choices=MESH_KINDS, default="cubes",
                    help="cubes: the original's exposed-voxel cubes; faces: closed surface of the exposed faces; "
                         "marching-cubes: smooth closed surface")
@@ -53,9 +55,10 @@ def _mesh(args, grid, name):
 
 
 def convert_run(args, fmt: str) -> None:
-    from tf3dgan.runs import sample_files
+    from tf3dgan.runs import sample_files, threshold_for
 
     folder, files = sample_files(args.out, args.name, "convert")
+    args.threshold, _ = threshold_for(run_dir=folder, given=args.threshold)
     models = check_output(folder / "models" / f"x.{fmt}").parent
     wrote = skipped = empty = 0
     for f in files:
@@ -78,6 +81,9 @@ def convert_run(args, fmt: str) -> None:
 
 
 def convert_file(args, fmt: str) -> None:
+    from tf3dgan.runs import threshold_for
+
+    args.threshold, _ = threshold_for(args.file, given=args.threshold)
     i = 0 if args.index is None else args.index
     source = open_grids(args.file, limit=None if args.all or i < 0 else i + 1)
     indices = list(range(len(source))) if args.all else [source.index(i)]

@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mesh", choices=MESH_KINDS, default="faces",
                    help="mesh kind for --obj, as in convert_to_obj.py [default: faces]")
     p.add_argument("--threshold", type=float, default=None,
-                   help="a voxel is solid above this value [default: 0.5 for sigmoid generators, else 0.3]")
+                   help="a voxel is solid above this value [default: the run's, from its config.json: 0.5 for "
+                        "sigmoid generators, else the seed's 0.3]")
     p.add_argument("--batch", type=int, default=16, help="shapes per generator call")
     return p
 
@@ -83,8 +84,9 @@ def run(args: argparse.Namespace) -> None:
         import_tensorflow_quietly()   # after the checks above, so a wrong flag answers at once
     generator, source = runs.load_generator(run_dir, args.weights, args.load_epoch)
     spec = generator.spec
-    threshold = args.threshold if args.threshold is not None else (
-        0.5 if spec.output_activation == "sigmoid" else 0.3)
+    threshold = args.threshold   # else the run's (config.json), else the one its model implies
+    if threshold is None:
+        threshold = (runs.run_threshold(run_dir) if run_dir else None) or runs.model_threshold(spec.to_dict())
 
     if args.interpolate:
         seed2 = args.seed + 1 if args.seed2 is None else args.seed2
