@@ -6,7 +6,7 @@ here = Path(__file__).parent
 version = {}
 exec((here / "tf3dgan" / "__init__.py").read_text(), version)
 
-TOOLS = ["train", "bench", "download_data", "convert_data", "check_voxelizer", "convert_to_obj", "convert_to_graph",
+TOOLS = ["train", "bench", "download_data", "convert_data", "check_voxelizer", "convert_to_obj", "convert_to_graph", "evaluate",
          "generate", "render_class_view"]
 
 setup(

@@ -140,8 +140,18 @@ class _Run:
         self._write_config()
         self.writer = SummaryWriter(self.dir / "logs")
         self.label = describe(self.spec)
+        self.evaluator = self._make_evaluator() if cfg.eval_every else None
 
     # -------------------------------------------------------------- setup helpers
+    def _make_evaluator(self):
+        from .quality import Evaluator
+
+        ref = self.val if self.val is not None else self.plan.held_back
+        n = min(self.cfg.eval_count, len(ref))
+        idx = np.sort(np.random.default_rng(self.cfg.seed + 2).choice(len(ref), n, replace=False))
+        return Evaluator(self.dir, ref.grids(idx), ref.source, n, self.spec["latent_dim"], self.cfg.seed,
+                         self.threshold)
+
     def _make_strategy(self):
         cfg = self.cfg
         if self.backend == "jax":
@@ -263,13 +273,16 @@ class _Run:
         rate = n * self.batch / max(seconds, 1e-9)
         val = float(np.nanmean(results["val_loss"])) if self.val is not None else float("nan")
         g_lr, d_lr = self.trainer.learning_rates
+        due = lambda every: e % every == 0 or e == cfg.epochs  # noqa: E731
+        if self.evaluator is not None and due(cfg.eval_every):
+            self._evaluate()
         line = (f"epoch {e}/{cfg.epochs}  d_loss {results['d_loss'].mean():.4f}  g_loss {results['g_loss'].mean():.4f}"
                 + (f"  val_d_loss {val:.4f}" if self.val is not None else "")
                 + f"  D trained {results['d_trained'].mean():.0%}  G/D ratio {int(results['ratio'][-1])}"
-                + f"  {rate:.1f} samples/s  {seconds:.1f}s")
+                + f"  {rate:.1f} samples/s  {seconds:.1f}s"
+                + (self.evaluator.summary() if self.evaluator is not None else ""))
         tqdm.write(line)
         self._log_scalars(results, val, rate, g_lr, d_lr)
-        due = lambda every: e % every == 0 or e == cfg.epochs  # noqa: E731
         grid = self.trainer.generate(self.sample_z[:1])[0] if due(cfg.sample) or due(cfg.graph3d) else None
         if due(cfg.sample):
             self._save_sample(grid)
@@ -333,13 +346,23 @@ class _Run:
             "train/d_accuracy": results["d_accuracy"].mean(), "lr/g": g_lr, "lr/d": d_lr,
             "train/loss_scale": results["loss_scale"][-1], "perf/samples_per_s": rate, "train/epoch": self.epoch})
 
-    def _save(self, numbered: bool) -> Path:
+    def _evaluate(self) -> None:
+        """Score the generator now (metrics.jsonl, quality/* scalars); keep checkpoints/best.npz for the best 1-NNA."""
+        step = len(self.history["d_loss"])
+        record, best = self.evaluator.evaluate(self.trainer.generate, self.epoch, step)
+        self.writer.scalars(step, {f"quality/{k}": v for k, v in record.items()
+                                   if k not in ("epoch", "step", "n_samples", "n_reference", "threshold")
+                                   and isinstance(v, (int, float))})
+        if best:
+            self._save(numbered=False, name=runs.BEST)
+
+    def _save(self, numbered: bool, name: str | None = None) -> Path:
         arrays = self.trainer.state_arrays()
         arrays.update({f"history/{k}": v for k, v in self.history.items()})
         meta = {"epoch": self.epoch, "step_in_epoch": self.trainer.position, "model": self.spec,
                 "precision": self.precision, "loss": self.trainer.objective.name, "backend": self.backend,
                 "time": time.time()}
-        return runs.save_checkpoint(self.dir, arrays, meta, numbered=numbered, keep=self.cfg.keep)
+        return runs.save_checkpoint(self.dir, arrays, meta, numbered=numbered, keep=self.cfg.keep, name=name)
 
 
 def _postfix(metrics: dict) -> str:

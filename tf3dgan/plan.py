@@ -58,6 +58,8 @@ class TrainConfig:
     cpu_devices: int = 0
     conv_transpose: str = "native"
     steps_per_call: int = 1
+    eval_every: int = 0                  # epochs between quality evaluations (0: off)
+    eval_count: int = 100                # samples per evaluation (and held-back grids without -v)
     out: str = "savepoint"
     keep: int = 10
     deterministic: bool = False
@@ -76,7 +78,8 @@ MODEL_FLAGS = {"arch": "--arch", "width": "--width", "resolution": "--resolution
 FIXED_ON_RESUME = {**MODEL_FLAGS, "seed": "--seed"}
 #: The command-line flag of each setting, for messages.
 FLAGS = {"data": "-d", "validation_data": "-v", "epochs": "-e", "batchsize": "-b", "sample": "-sample",
-         "save": "-save", "graph": "-graph", "graph3d": "-graph3d", "glr": "-glr", "dlr": "-dlr"}
+         "save": "-save", "graph": "-graph", "graph3d": "-graph3d", "glr": "-glr", "dlr": "-dlr",
+         "load_epoch": "-le"}
 
 
 def flag_of(key: str) -> str:
@@ -142,6 +145,7 @@ class RunPlan:
     schedule: list
     changes: list[tuple] = field(default_factory=list)   # (setting, old, new) of a resumed run
     lock: object | None = None
+    held_back: object | None = None     # training grids held back as --eval-every's reference (no -v)
 
 
 def resume_command(name: str, out) -> str:
@@ -171,13 +175,15 @@ def absolute_spec(spec: str) -> str:
 
 
 def _check_settings(cfg: TrainConfig) -> None:
-    for name in ("epochs", "batchsize", "sample", "save", "graph", "graph3d", "steps_per_call", "pool_min"):
+    for name in ("epochs", "batchsize", "sample", "save", "graph", "graph3d", "steps_per_call", "pool_min", "eval_count"):
         if getattr(cfg, name) < 1:
             raise Tf3dganError(f"{flag_of(name)} must be at least 1, got {getattr(cfg, name)}")
     if cfg.cpu_devices < 0:
         raise Tf3dganError(f"--cpu-devices must be >= 0 (0: no split), got {cfg.cpu_devices}")
     if cfg.keep < 0:
         raise Tf3dganError(f"--keep must be >= 0 (0: keep all), got {cfg.keep}")
+    if cfg.eval_every < 0:
+        raise Tf3dganError(f"--eval-every must be >= 0 (0: off), got {cfg.eval_every}")
     if cfg.load_epoch is not None and cfg.load_epoch < 0:
         raise Tf3dganError(f"-le must be >= 0, got {cfg.load_epoch}")
 
@@ -332,6 +338,17 @@ def prepare(cfg: TrainConfig, given: set[str] | None = None, report=print) -> Ru
            if cfg.validation_data else None)
     if val is not None and val.pooled_from is not None:
         report("validation: " + val.pooling_note())
+    held_back = None
+    if cfg.eval_every and val is None:
+        from .quality import hold_back
+
+        count = min(cfg.eval_count, len(data) // 4)
+        if count < 2:
+            raise Tf3dganError(f"--eval-every needs -v, or at least 8 training grids to hold some back "
+                               f"({data.source} has {len(data)})")
+        data, held_back = hold_back(data, count, cfg.seed)
+        report(f"--eval-every without -v: {count} of the {len(data) + count} training grids are held back as its "
+               "reference (not trained on); give -v to train on all of them")
     if chief and not cfg.load:
         lock = _take_folder(run_dir, report)
-    return RunPlan(cfg, run_dir, checkpoint, saved, model, data, val, schedule, changes, lock)
+    return RunPlan(cfg, run_dir, checkpoint, saved, model, data, val, schedule, changes, lock, held_back)

@@ -132,8 +132,11 @@ def saved_epochs(run_dir: Path) -> list[int]:
     return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _CKPT_RE.match(p.name)))
 
 
+BEST = "best.npz"
+
+
 def save_checkpoint(run_dir: Path, arrays: dict[str, np.ndarray], meta: dict, *,
-                    numbered: bool = True, keep: int = 0) -> Path:
+                    numbered: bool = True, keep: int = 0, name: str | None = None) -> Path:
     """Write the state atomically; ``numbered`` also keeps it as ``ckpt-<meta['epoch']>.npz``.
 
     ``latest.npz`` always ends up holding this state.  ``keep`` > 0 deletes all but the
@@ -141,7 +144,9 @@ def save_checkpoint(run_dir: Path, arrays: dict[str, np.ndarray], meta: dict, *,
     """
     folder = checkpoint_dir(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    target = checkpoint_path(run_dir, meta["epoch"] if numbered else None)
+    if name is not None:   # a checkpoint by name (best.npz): neither numbered nor the latest
+        numbered = False
+    target = folder / name if name is not None else checkpoint_path(run_dir, meta["epoch"] if numbered else None)
     with atomic_path(target) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays, **{_META_KEY: np.array(json.dumps(meta))})

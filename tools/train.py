@@ -76,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how G's transposed convolutions are computed: native (Conv3DTranspose) or phase (one "
                         "stride-1 convolution + interleave; same weights and results, compare with tools/bench.py)")
     p.add_argument("--steps-per-call", type=int, default=D.steps_per_call, help="train steps per host call")
+    p.add_argument("--eval-every", type=int, default=D.eval_every,
+                   help="every N epochs score --eval-count fixed-seed samples against the -v data (else against "
+                        "training grids held back for it): metrics.jsonl, quality/* in TensorBoard, "
+                        "checkpoints/best.npz for the best 1-NNA (0 = off)")
+    p.add_argument("--eval-count", type=int, default=D.eval_count,
+                   help="samples per --eval-every evaluation (and reference shapes, at most)")
     p.add_argument("--out", default=D.out, help="folder holding the run folders")
     p.add_argument("--keep", type=int, default=D.keep, help="numbered checkpoints to keep (0 = all)")
     p.add_argument("--deterministic", action="store_true", help="deterministic TensorFlow ops (slower; exact reruns)")

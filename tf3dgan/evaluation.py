@@ -1,0 +1,180 @@
+"""Quality of a run's shapes (or any voxel set) against a reference set: what ``tools/evaluate.py`` does.
+
+:func:`evaluate` gathers the two sets — samples drawn from a run's generator at fixed seeds (or read from a
+``.npy`` batch or any ``-d`` source), and the reference (by default the run's ``-v`` data) — brings them to one
+resolution (pooling the finer one down by the data rule), thresholds generated grids at the run's own
+threshold, picks the real-vs-real floor set (the run's training data, else half of the reference), and hands
+them to :func:`tf3dgan.metrics.evaluate_sets`. The result is a flat dict (``mmd_iou``, ``cov_iou``,
+``nna_iou``, ``mmd_cd``, ..., ``floor``) that is written to ``<run>/metrics/<epoch>.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import runs
+from .errors import DataError, Tf3dganError
+
+
+@dataclass
+class Sets:
+    """The two sets (0/1 uint8 grids, one resolution) and where they came from."""
+
+    samples: np.ndarray
+    reference: np.ndarray
+    floor: np.ndarray | None
+    resolution: int
+    threshold: float
+    sample_source: str
+    reference_source: str
+    floor_source: str | None
+    epoch: int | None = None
+    run_dir: Path | None = None
+
+
+def _to_resolution(grids: np.ndarray, resolution: int, pool_min: int, what: str) -> np.ndarray:
+    from . import data
+
+    dim = grids.shape[1]
+    if dim == resolution:
+        return grids
+    factor = data.pool_factor(dim, resolution, pool_min, what)
+    return data.unpack(data.pool(data.pack(grids), dim, factor, pool_min), resolution)
+
+
+def _load_set(spec: str, resolution: int | None, pool_min: int, limit: int | None, seed: int, what: str):
+    from . import data
+
+    ds = data.load_dataset(spec, resolution=resolution, pool_min=pool_min, seed=seed)
+    grids = ds.grids(np.arange(min(len(ds), limit)) if limit else None)
+    return grids, ds
+
+
+def _pick(grids: np.ndarray, count: int, seed: int) -> np.ndarray:
+    """``count`` grids of ``grids`` chosen at random without replacement (seeded); all when there are fewer."""
+    if len(grids) <= count:
+        return grids
+    return grids[np.sort(np.random.default_rng(seed).choice(len(grids), count, replace=False))]
+
+
+def gather(*, run: str | None = None, out: str = "savepoint", load_epoch: int | None = None,
+           samples: str | None = None, reference: str | None = None, count: int | None = None,
+           resolution: int | None = None, threshold: float | None = None, pool_min: int = 1, seed: int = 0,
+           floor: str | None = None, batch: int = 16, report=print) -> Sets:
+    """Collect the sample, reference and floor sets (see the module docstring); everything that can be
+    checked without Keras is checked first."""
+    from . import data
+
+    if (run is None) == (samples is None):
+        raise Tf3dganError("say what to evaluate: -n RUN (samples drawn from its generator) or --samples FILE")
+    if count is not None and count < 2:
+        raise Tf3dganError(f"--count must be at least 2, got {count}")
+    if resolution is not None and (resolution < 8 or resolution & (resolution - 1)):
+        raise Tf3dganError(f"--resolution must be a power of two >= 8, got {resolution}")
+    run_dir, config, epoch = None, None, None
+    if run is not None:
+        run_dir = runs.run_path(out, run)
+        if not run_dir.is_dir():
+            raise Tf3dganError(f"{run_dir}: no such run folder (check -n and --out)")
+        config = runs.read_config(run_dir)
+        source = runs.generator_source(run_dir, epoch=load_epoch)   # a missing checkpoint answers now
+        if source.suffix == ".npz":
+            epoch = int(runs.checkpoint_meta(source).get("epoch", 0))
+    settings = (config or {}).get("settings", {})
+    if reference is None:
+        reference = settings.get("validation_data") or None
+        if reference is None:
+            raise Tf3dganError("give --reference (e.g. ../shared/data/voxels/modelnet10_chair_64_win.npz:test)"
+                               + (f": {run_dir} was trained without -v" if run_dir else ""))
+    ref_grids, ref_ds = _load_set(reference, None, 1, None, seed, "--reference")
+
+    if samples is not None:
+        path = Path(str(samples).split(".npz:")[0] + (".npz" if ".npz:" in str(samples) else ""))
+        if path.suffix.lower() == ".npy" and path.is_file():
+            from .mesh import load_grids
+
+            values = load_grids(path)
+            if values.ndim == 3:
+                values = values[None]
+            data.check_finite(values, str(path))
+            threshold, _ = runs.threshold_for(path, given=threshold)
+            sample_grids = (values > threshold).astype(np.uint8)
+        else:   # any -d source: 0/1 grids already
+            sample_grids, _ = _load_set(samples, None, 1, None, seed, "--samples")
+            threshold = 0.5 if threshold is None else threshold
+        sample_source = os.fspath(samples)
+    else:
+        threshold = runs.run_threshold(run_dir) if threshold is None else threshold
+        n = count or len(ref_grids)
+        sample_grids = _generate(run_dir, load_epoch, n, seed, batch, threshold)
+        sample_source = f"{run_dir} ({'epoch ' + str(epoch) if epoch is not None else 'generator'}, seeds: "\
+                        f"latents of --seed {seed})"
+    if len(sample_grids) == 0:
+        raise DataError(f"{sample_source}: no samples to evaluate")
+    n = count or len(ref_grids)   # PointFlow's protocol: as many samples as references
+    sample_grids, ref_grids = _pick(sample_grids, n, seed), _pick(ref_grids, n, seed)
+
+    res = resolution or min(sample_grids.shape[1], ref_grids.shape[1])
+    for what, dim in (("--samples" if samples else "the run's samples", sample_grids.shape[1]),
+                      ("--reference", ref_grids.shape[1])):
+        if dim < res:
+            raise DataError(f"{what} are {dim}³ and cannot be pooled up to --resolution {res}; give --resolution "
+                            f"{dim} or lower")
+    sample_grids = _to_resolution(sample_grids, res, pool_min, "samples")
+    ref_grids = _to_resolution(ref_grids, res, pool_min, "reference")
+    if not sample_grids.reshape(len(sample_grids), -1).any(axis=1).any():
+        raise DataError(f"{sample_source}: every sample is empty at threshold {threshold:g}")
+
+    floor_grids, floor_source = None, None
+    floor = floor or settings.get("data") or None
+    if floor:
+        try:
+            grids, _ = _load_set(floor, res, pool_min, None, seed + 1, "floor")
+        except DataError as e:
+            report(f"note: real-vs-real floor from half of the reference instead ({floor}: {e})")
+        else:
+            floor_grids, floor_source = _pick(grids, len(ref_grids), seed + 1), os.fspath(floor)
+    return Sets(sample_grids, ref_grids, floor_grids, res, float(threshold), sample_source, os.fspath(reference),
+                floor_source, epoch, run_dir)
+
+
+def _generate(run_dir: Path, load_epoch: int | None, count: int, seed: int, batch: int, threshold: float):
+    from .cli import import_tensorflow_quietly, keras_backend
+    from . import sampling
+
+    import_tensorflow_quietly(required=keras_backend() == "tensorflow")
+    generator, _ = runs.load_generator(run_dir, epoch=load_epoch)
+    z = sampling.latents(count, generator.spec.latent_dim, seed)
+    return (sampling.generate(generator, z, batch) > threshold).astype(np.uint8)
+
+
+def evaluate(sets: Sets, metrics=None, seed: int = 0) -> dict:
+    """The metrics of ``sets`` (see :func:`tf3dgan.metrics.evaluate_sets`), with where the sets came from."""
+    from .metrics import ALL, evaluate_sets
+
+    result = evaluate_sets(sets.samples, sets.reference, metrics=tuple(metrics or ALL),
+                           floor=sets.floor if sets.floor is not None else None, seed=seed)
+    result.update(samples=sets.sample_source, reference=sets.reference_source, threshold=sets.threshold,
+                  seed=seed)
+    if sets.floor_source is not None:
+        result["floor_set"] = sets.floor_source
+    if sets.epoch is not None:
+        result["epoch"] = sets.epoch
+    return result
+
+
+def write_result(result: dict, sets: Sets, output: str | None = None) -> Path | None:
+    """``<run>/metrics/<epoch>.json`` for a run (or ``output``); None when there is nowhere to write."""
+    from .atomic import write_text
+
+    if output is not None:
+        path = Path(output)
+    elif sets.run_dir is not None:
+        path = sets.run_dir / "metrics" / f"{sets.epoch if sets.epoch is not None else 'generator'}.json"
+    else:
+        return None
+    return write_text(path, json.dumps(result, indent=2, sort_keys=True, default=float) + "\n")
