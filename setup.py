@@ -16,7 +16,7 @@ setup(
     long_description=(here / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["tf3dgan", "tf3dgan.tools"],
+    packages=["tf3dgan", "tf3dgan.metrics", "tf3dgan.tools"],
     package_dir={"tf3dgan": "tf3dgan", "tf3dgan.tools": "tools"},
     install_requires=[
         "tensorflow>=2.16",
