@@ -358,6 +358,8 @@ def test_registry_keys_values_and_floor(small_chairs):
     assert "floor" not in alone and "mmd_iou_std" not in alone
     big = metrics.evaluate_sets(samples[:3], ref, metrics="iou", floor=ref, spread_subsets=0)
     assert big["floor"]["n_samples"] == 3 and "3 of its 12 shapes" in big["floor_source"]
+    tiny = metrics.evaluate_sets(samples[:2], ref[:3], metrics="iou,jsd", spread_subsets=3)
+    assert np.isfinite(tiny["nna_iou_std"]) and np.isnan(tiny["floor"]["nna_iou_std"])   # halves of 1 and 2
     table = metrics.describe(r)
     assert all(k in table for k in keys) and "±" in table and "reference halves" in table
     with pytest.raises(ValueError, match="unknown metric 'nope'.*iou"):

@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-IOU_BLOCK_BYTES = 256 << 20      # float32 bytes of one block of grids in the IoU products
+IOU_BLOCK_BYTES = 128 << 20      # float32 bytes of one block of grids in the IoU products
 EXACT_FLOAT32_VOXELS = 1 << 24   # float32 sums of 0/1 products are exact up to 2^24 voxels per grid
 DEFAULT_POINTS = 2048
 
@@ -93,8 +93,8 @@ def iou_distances(a, b=None, *, chunk: int | None = None) -> np.ndarray:
     ``a``, ``b``: shape sets of the same side (see the module docstring).  Returns float64
     ``(len(a), len(b))``.  Intersections are matrix products of float32 0/1 blocks (exact: the
     counts stay below 2^24; float64 above that many voxels per grid), ``chunk`` grids per block
-    (default: 256 MiB of float32 per block, 256 grids at 64³, so 1,000 × 1,000 at 64³ takes
-    about 0.6 GB).  Against itself only the upper triangle of blocks is computed.
+    (default: 128 MiB of float32 per block, 128 grids at 64³: 974 × 974 at 64³ peaked at 0.6 GB
+    of memory).  Against itself only the upper triangle of blocks is computed.
     Two empty grids: distance 0; empty vs non-empty: 1.
     """
     A = as_bits(a)
@@ -240,7 +240,8 @@ def chamfer_distances(points_a, points_b=None, *, workers: int | None = None, me
     directions from each block (absolute error about 1e-7 on the unit-sphere scale of
     :func:`surface_points`, so CD of a shape with itself is about 1e-7, not exactly 0);
     ``"kdtree"`` — exact float64 nearest neighbours by ``scipy.spatial.cKDTree`` (one tree per
-    cloud).  On 2 CPU cores at 2,048 points, "gemm" took 1.7 ms per pair and "kdtree" 4.4 ms.
+    cloud).  Measured on 2 CPU cores at 2,048 points per cloud (CPU time per pair, one thread):
+    "gemm" 1.9 ms, "kdtree" 4.9 ms, one unblocked 2048 × 2048 float32 distance matrix per pair 27 ms.
     ``workers``: threads over the rows (NumPy and cKDTree release the GIL; default: every core
     this process may use, see :func:`default_workers`).
     """

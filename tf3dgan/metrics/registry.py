@@ -271,8 +271,10 @@ def _scores(ctx: Context, pair: Pair, names, spread_subsets: int, rng: np.random
     out = {}
     for name in names:
         out.update(_REGISTRY[name].fn(ctx, pair))
-    if spread_subsets >= 2:
-        hs, hr = len(pair.si) // 2, len(pair.ri) // 2
+    hs, hr = len(pair.si) // 2, len(pair.ri) // 2
+    if spread_subsets >= 2 and min(hs, hr) < 1:          # a set of one shape has no half
+        out.update({f"{key}_std": math.nan for key in list(out)})
+    elif spread_subsets >= 2:
         draws = []
         for _ in range(spread_subsets):
             sub = Pair(pair.s, np.sort(rng.choice(pair.si, hs, replace=False)),
