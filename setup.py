@@ -7,6 +7,7 @@ version = {}
 exec((here / "tf3dgan" / "__init__.py").read_text(), version)
 
 TOOLS = ["train", "bench", "download_data", "convert_data", "check_voxelizer", "convert_to_obj", "convert_to_graph", "evaluate",
+         "train_classifier",
          "generate", "render_class_view"]
 
 setup(
@@ -17,6 +18,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=["tf3dgan", "tf3dgan.metrics", "tf3dgan.tools"],
+    package_data={"tf3dgan.metrics": ["weights/*.npz", "weights/*.json"]},   # the shipped classifier
     package_dir={"tf3dgan": "tf3dgan", "tf3dgan.tools": "tools"},
     install_requires=[
         "tensorflow>=2.16",

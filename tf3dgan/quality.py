@@ -32,6 +32,7 @@ class Evaluator:
         self.count, self.threshold, self.metrics, self.seed = count, float(threshold), tuple(metrics), seed
         self.latents = np.random.default_rng(seed + _LATENT_STREAM).standard_normal((count, latent_dim)).astype(np.float32)
         self.latest: dict | None = None
+        self._cache: dict = {}   # the reference side of the metrics, computed once for all evaluations
 
     def records(self) -> list[dict]:
         """The evaluations written so far (a damaged line is skipped: the file is a log, not a checkpoint)."""
@@ -69,7 +70,7 @@ class Evaluator:
 
         samples = self.samples(generate)
         result = evaluate_sets(samples, self.reference, metrics=self.metrics, seed=self.seed, spread_subsets=0,
-                               floor=False)
+                               floor=False, cache=self._cache)
         record = {"epoch": epoch, "step": step, "n_samples": len(samples), "n_reference": len(self.reference),
                   "reference": self.reference_source, "threshold": self.threshold,
                   **{k: v for k, v in result.items() if isinstance(v, (int, float)) and k not in ("n_samples",
