@@ -38,3 +38,22 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, proc.stderr[-3000:]
     return lines[0]
+
+
+def assert_unwritable_output_is_one_line(tmp_path, name: str, source, suffix: str) -> None:
+    """``tools/<name>.py -f SOURCE -o OUT`` into a path below a file, and into a read-only folder (refused before
+    any work, also for root, whom chmod does not stop): one ``error:`` line each, nothing written."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    line = error_line(tool(name, "-f", source, "-o", blocker / f"c{suffix}"))
+    assert line.startswith(f"error: cannot write {blocker / f'c{suffix}'}")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        for target in (ro / f"c{suffix}", ro / "new" / f"c{suffix}"):
+            line = error_line(tool(name, "-f", source, "-o", target))
+            assert line == f"error: cannot write {target}: Permission denied ({ro} is read-only); choose a writable location"
+        assert not list(ro.iterdir())
+    finally:
+        ro.chmod(0o755)

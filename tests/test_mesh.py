@@ -16,7 +16,7 @@ from tf3dgan.binvox import read_raw
 from tf3dgan.errors import DataError
 from tf3dgan.mesh import EmptyGridError, check_occupied, grid_to_mesh, load_grids
 
-from _cli import FIXTURES, REPO, error_line, tool
+from _cli import FIXTURES, REPO, error_line, tool, assert_unwritable_output_is_one_line
 
 CHAIR = FIXTURES / "chair" / "train" / "chair_0013.raw"
 S = 0.01
@@ -228,20 +228,7 @@ def test_cli_all_skips_and_counts_empty_grids(tmp_path, chair):
 
 
 def test_cli_unwritable_output_is_one_line(tmp_path, chair):
-    blocker = tmp_path / "a-file"
-    blocker.write_text("x")
-    line = error_line(tool("convert_to_obj", "-f", CHAIR, "-o", blocker / "c.obj"))
-    assert line.startswith(f"error: cannot write {blocker / 'c.obj'}")
-    ro = tmp_path / "ro"     # refused before any work, also for root (whom chmod does not stop)
-    ro.mkdir()
-    ro.chmod(0o555)
-    try:
-        for target in (ro / "c.obj", ro / "new" / "c.obj"):
-            line = error_line(tool("convert_to_obj", "-f", CHAIR, "-o", target))
-            assert line == f"error: cannot write {target}: Permission denied ({ro} is read-only); choose a writable location"
-        assert not list(ro.iterdir())
-    finally:
-        ro.chmod(0o755)
+    assert_unwritable_output_is_one_line(tmp_path, "convert_to_obj", CHAIR, ".obj")
 
 
 @pytest.mark.parametrize("code, words", [(errno.EROFS, "choose a writable location"), (errno.ENOSPC, "free some space")])
