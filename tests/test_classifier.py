@@ -12,11 +12,9 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import linalg
 
 from tf3dgan.errors import DataError
 from tf3dgan.metrics.features import (frechet_distance, gaussian_frechet_distance, kernel_distance,

@@ -13,7 +13,7 @@ import pytest
 from scipy.spatial.distance import jensenshannon
 
 from tf3dgan import data, metrics
-from tf3dgan.metrics import distances, registry, sets
+from tf3dgan.metrics import distances, sets
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAIRS = ROOT.parent / "shared" / "data" / "voxels" / "modelnet10_chair_64_win.npz"

@@ -13,7 +13,6 @@ import argparse
 import hashlib
 import json
 import math
-import os
 import shlex
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import tf3dgan
 from tf3dgan.cli import HelpFormatter, keras_backend, run_tool
-from tf3dgan.errors import DataError, Tf3dganError, WriteError
+from tf3dgan.errors import DataError, Tf3dganError
 
 # Flags, data files and the output folder are checked before Keras / TensorFlow load (in run()).
 

@@ -62,8 +62,6 @@ def gaussian_frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = _EPS) -> fl
     ``scipy.linalg.sqrtm``; when it is not finite (a singular product, e.g. fewer vectors than
     features) ``eps`` is added to both diagonals and it is taken again; a tiny imaginary part
     from rounding is dropped (a large one is an error).  Never below 0."""
-    from scipy import linalg
-
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
