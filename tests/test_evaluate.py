@@ -118,3 +118,19 @@ def test_eval_every_without_v_holds_training_grids_back(tmp_path):
     plan.lock.release()
     assert len(plan.data) == 32 and len(plan.held_back) == 8
     assert not set(plan.data.names) & set(plan.held_back.names)
+
+
+def test_evaluate_svm_scores_the_runs_discriminator_beside_an_untrained_one(tmp_path, tiny_run):
+    data = REPO.parent / "shared" / "data" / "voxels"
+    if not (data / "modelnet10_chair_64_win.npz").exists():
+        pytest.skip("ModelNet10 voxels not beside the project")
+    shutil.copytree(tiny_run / "g", tmp_path / "g")
+    assert "--svm scores a run's discriminator" in error_line(tool("evaluate", "--samples", f"{SMALL}:train",
+                                                                   "--reference", f"{SMALL}:test", "--svm"))
+    proc = tool("evaluate", "-n", "g", "--out", tmp_path, "--reference", "synthetic:boxes:res=8:n=16:seed=9",
+                "--metrics", "iou", "--svm", "--svm-limit", "12", "--json")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    svm = json.loads(proc.stdout)["svm"]
+    assert svm["n_test"] <= 120 and svm["limit"] == 12 and svm["resolution"] == 8
+    assert 0.1 < svm["svm_accuracy"] <= 1 and 0 <= svm["untrained"]["svm_accuracy"] <= 1   # above chance (10 classes)
+    assert len(svm["per_class"]) == 10 and svm["paper_accuracy"] == 0.91
