@@ -428,3 +428,17 @@ def test_the_feature_functions_have_the_interface_the_registry_calls():
     assert isinstance(float(features.frechet_distance(f1, f2)), float)
     mean, std = features.kernel_distance(f1, f2, subsets=5, subset_size=20, seed=0)
     assert np.isfinite(mean) and np.isfinite(std)
+
+
+def test_iou_through_keras_ops_equals_numpy():
+    pytest.importorskip("keras")
+    rng = np.random.default_rng(3)
+    a = (rng.random((7, 16, 16, 16)) < 0.3).astype(np.uint8)
+    b = (rng.random((5, 16, 16, 16)) < 0.2).astype(np.uint8)
+    b[0] = 0
+    want = distances.iou_distances(a, b, device="numpy")
+    np.testing.assert_array_equal(distances.iou_distances(a, b, device="keras", chunk=3), want)
+    np.testing.assert_array_equal(distances.iou_distances(a, device="keras", chunk=2),
+                                  distances.iou_distances(a, device="numpy"))
+    with pytest.raises(ValueError, match="device must be"):
+        distances.iou_distances(a, b, device="gpu")

@@ -87,7 +87,41 @@ def as_bits(shapes) -> VoxelBits:
     return shapes if isinstance(shapes, VoxelBits) else VoxelBits(shapes)
 
 
-def iou_distances(a, b=None, *, chunk: int | None = None) -> np.ndarray:
+def accelerator_present() -> bool:
+    """True when Keras is already loaded (nothing is imported for this) and its backend sees a GPU/TPU."""
+    import sys
+
+    if "keras" not in sys.modules:
+        return False
+    import keras
+
+    try:
+        if keras.backend.backend() == "jax":
+            import jax
+            return jax.default_backend() != "cpu"
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+            return bool(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))
+    except Exception:  # noqa: BLE001 - no accelerator we can use
+        return False
+    return False
+
+
+def _block_product(device: str):
+    """``(xa, xb) -> xa @ xb.T`` as a NumPy array: on the accelerator through ``keras.ops`` (``device="keras"``,
+    or ``"auto"`` when :func:`accelerator_present`), else NumPy."""
+    if device not in ("auto", "numpy", "keras"):
+        raise ValueError(f"device must be 'auto', 'numpy' or 'keras', got {device!r}")
+    if device == "numpy" or (device == "auto" and not accelerator_present()):
+        return lambda xa, xb: xa @ xb.T
+    from keras import ops
+
+    return lambda xa, xb: np.asarray(ops.convert_to_numpy(ops.matmul(ops.convert_to_tensor(xa),
+                                                                      ops.transpose(ops.convert_to_tensor(xb)))),
+                                     np.float64)
+
+
+def iou_distances(a, b=None, *, chunk: int | None = None, device: str = "auto") -> np.ndarray:
     """1 − IoU between every grid of ``a`` and every grid of ``b`` (``b=None``: ``a`` with itself).
 
     ``a``, ``b``: shape sets of the same side (see the module docstring).  Returns float64
@@ -95,8 +129,11 @@ def iou_distances(a, b=None, *, chunk: int | None = None) -> np.ndarray:
     counts stay below 2^24; float64 above that many voxels per grid), ``chunk`` grids per block
     (default: 128 MiB of float32 per block, 128 grids at 64³: 974 × 974 at 64³ peaked at 0.6 GB
     of memory).  Against itself only the upper triangle of blocks is computed.
-    Two empty grids: distance 0; empty vs non-empty: 1.
+    Two empty grids: distance 0; empty vs non-empty: 1.  ``device``: the block products on an accelerator
+    through ``keras.ops`` (``"keras"``; ``"auto"``, the default, when Keras is loaded and sees a GPU/TPU),
+    else NumPy (``"numpy"``).
     """
+    product = _block_product(device)
     A = as_bits(a)
     B = A if b is None else as_bits(b)
     if A.voxels != B.voxels:
@@ -117,7 +154,7 @@ def iou_distances(a, b=None, *, chunk: int | None = None) -> np.ndarray:
                 xb = b_blocks[jb]
             else:
                 xb = B.block(j, j + chunk, dtype)
-            block = xa @ xb.T
+            block = product(xa, xb)
             inter[i:i + len(xa), j:j + len(xb)] = block
             if same and j != i:
                 inter[j:j + len(xb), i:i + len(xa)] = block.T
