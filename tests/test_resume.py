@@ -147,7 +147,7 @@ def test_the_run_folder_is_locked_and_cleans_its_stale_temporary_files(tmp_path,
     for p in stale:
         p.write_bytes(b"x" * 1000)
     keep = run / "generated" / ".seed0_n16-a1b2c3d4.npy"   # another tool's folder: not the trainer's to clean
-    keep.parent.mkdir()
+    keep.parent.mkdir(exist_ok=True)
     keep.write_bytes(b"x")
     lock = runs.lock_run(run)
     try:
