@@ -35,7 +35,7 @@ setup(
     extras_require={
         "cuda": ["tensorflow[and-cuda]>=2.16"],
         "jax": ["jax>=0.5", "jaxlib>=0.5"],
-        "test": ["pytest>=7", "jax>=0.5", "jaxlib>=0.5"],
+        "test": ["pytest>=7", "jax>=0.5", "jaxlib>=0.5", "ruff>=0.5"],
     },
     entry_points={"console_scripts": [f"tf3dgan-{t.replace('_', '-')}=tf3dgan.tools.{t}:main" for t in TOOLS]},
 )

@@ -153,7 +153,8 @@ def summarize(runs: list[dict], args, backends: list[str]) -> dict:
         best = min(rounds[i].get("ms_per_step_min", rounds[i]["ms_per_step"]) for i in rounds)
         rows.append({"side": side, "precision": prec, "mode": mode, "label": _label(side, prec, any_r, args),
                      "ms_per_step_by_round": {i: rounds[i]["ms_per_step"] for i in sorted(rounds)},
-                     "ms_per_step": round(med, 3), "ms_per_step_best": round(best, 3), "samples_per_s": round(args.batch * 1000.0 / med, 3),
+                     "ms_per_step": round(med, 3), "ms_per_step_best": round(best, 3),
+                     "samples_per_s": round(args.batch * 1000.0 / med, 3),
                      "achieved_gflops": round(any_r["step_tflop"] * 1e3 / (med / 1000.0), 3),
                      "step_tflop": any_r["step_tflop"]})
     for prec in args.precision:
@@ -206,7 +207,8 @@ def format_summary(summary: dict, rounds: int, header: str) -> str:
         cells = [f"{x['ms_per_step_by_round'][i]:.1f}" if i in x["ms_per_step_by_round"] else "-"
                  for i in range(rounds)]
         lines.append(x["label"].ljust(40) + "".join(c.rjust(11) for c in cells) + f"{x['ms_per_step']:.1f}".rjust(12)
-                     + f"{x['ms_per_step_best']:.1f}".rjust(10) + f"{x['samples_per_s']:.3f}".rjust(11) + f"{x['achieved_gflops']:.1f}".rjust(10))
+                     + f"{x['ms_per_step_best']:.1f}".rjust(10) + f"{x['samples_per_s']:.3f}".rjust(11)
+                     + f"{x['achieved_gflops']:.1f}".rjust(10))
     if summary["ratios"]:
         lines += ["", "ratio torch / ours (> 1 means ours is faster): of the median ms/step over rounds "
                       "[of the best single step]:"]
@@ -330,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     errors = [f"round {r['round'] + 1} {r['side']} {r['precision']}: {r['error']}" for r in runs if r["error"]]
     if args.json:
         print(json.dumps({"summary": True, "interrupted": interrupted, "header": header, "backends": backends,
-                          "rows": summary["rows"], "ratios": summary["ratios"], "loadavg_before": load_before, "loadavg_after": load_after,
+                          "rows": summary["rows"], "ratios": summary["ratios"], "loadavg_before": load_before,
+                          "loadavg_after": load_after,
                           "errors": errors, "argv": sys.argv}), flush=True)
     else:
         print()

@@ -370,7 +370,8 @@ def bench(arch: str = "rasgan64", batch: int = 8, precision: str = "float32", co
         "d_loss": last[0], "g_loss": last[1],
         "device": device_description(runner.device), "torch_version": torch.__version__,
         "threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "adam": runner.adam, "channels_last": runner.channels_last, "tf_version": None, "keras_version": keras_version,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "adam": runner.adam, "channels_last": runner.channels_last,
+        "tf_version": None, "keras_version": keras_version,
         "loadavg_before": load_before, "loadavg_after": loadavg(),
     }
     del runner

@@ -38,7 +38,8 @@ def test_forward_flops_rasgan64_by_hand():
 
 
 def test_forward_flops_tiny_hand_checked():
-    # per sample: (4,) -Dense-> 16 -> (2,2,2,2) -ConvT k2 s2-> (4,4,4,3) -Conv k3 same-> (4,4,4,5) -Conv k2 s2-> (2,2,2,1) -> 8 -Dense-> 1
+    # per sample: (4,) -Dense-> 16 -> (2,2,2,2) -ConvT k2 s2-> (4,4,4,3) -Conv k3 same-> (4,4,4,5)
+    #             -Conv k2 s2-> (2,2,2,1) -> 8 -Dense-> 1
     L = keras.layers
     model = SimpleNamespace(blocks=[L.Dense(16), L.Reshape((2, 2, 2, 2)), L.Conv3DTranspose(3, 2, strides=2),
                                     L.ReLU(), L.Conv3D(5, 3, padding="same"), L.BatchNormalization(),

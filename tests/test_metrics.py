@@ -376,7 +376,8 @@ def test_the_cache_keeps_only_the_reference_side(small_chairs):
     again = metrics.evaluate_sets(samples, ref, metrics="iou,cd", cd_points=64, spread_subsets=3, cache=cache)
     other = metrics.evaluate_sets(ref[:4], ref, metrics="iou,cd", cd_points=64, spread_subsets=3, cache=cache)
     assert len(cache) == size == 3          # d_rr for iou and cd, the reference's points
-    strip = lambda d: {k: v for k, v in d.items() if k != "seconds"}
+    def strip(d):
+        return {k: v for k, v in d.items() if k != "seconds"}
     assert strip(first) == strip(again)
     assert other["n_samples"] == 4 and other["cov_iou"] == 4 / 12
 

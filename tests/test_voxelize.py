@@ -236,7 +236,8 @@ def test_convert_tool_raw_cache_skip_force(tmp_path):
     forced = tool("convert_data", "-m", root, "-j", "1", "--force", "--method", "binvox", "--no-progress")
     assert forced.returncode == 0 and summary_line(forced).startswith("converted 5, skipped 0, failed 0")
     monitor = root / "ModelNet10" / "monitor" / "train"
-    assert V.iou(binvox.read_raw(monitor / "monitor_0249.raw"), binvox.read_raw(MODELNET / "monitor/train/monitor_0249.raw")) > 0.98
+    assert V.iou(binvox.read_raw(monitor / "monitor_0249.raw"),
+                 binvox.read_raw(MODELNET / "monitor/train/monitor_0249.raw")) > 0.98
     with np.load(monitor / data.CACHE_NAME) as z:
         assert str(z["method"]) == "binvox"
 
@@ -418,7 +419,7 @@ def test_convert_tool_other_dim_is_refused_then_forced(tmp_path):
     assert "5 of 5 existing voxel outputs differ" in line and "5 are 64³, not 32³" in line
     assert "nothing was converted" in line and "--force" in line
     assert "tools/train.py --resolution 32" in line and "pools them down" in line
-    assert not [l for l in proc.stdout.splitlines() if l.startswith("converted ")]
+    assert not [line for line in proc.stdout.splitlines() if line.startswith("converted ")]
     assert _tree_bytes(root) == before                       # nothing written, caches untouched
     # what the error says works: the 64³ folder loads pooled to 32³ ...
     pooled = data.load_dataset(root, resolution=32)

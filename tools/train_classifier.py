@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=40, help="training epochs (the best one on the validation split is kept)")
     p.add_argument("--batch", type=int, default=32, help="grids per training step")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam's initial learning rate (cosine decay to 0)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights, validation split, shuffling and augmentation")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the initial weights, validation split, shuffling and augmentation")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="fraction of each class's train grids held out to choose the epoch (never the test split)")
     p.add_argument("--augment", choices=AUGMENTATIONS, default="flipshift",

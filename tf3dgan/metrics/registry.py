@@ -303,7 +303,8 @@ def evaluate_sets(samples, reference, *, metrics=DEFAULT, floor=None, seed: int 
     number of half-size subsets for the ``_std`` keys (below 2: no spreads).  ``cd_points``:
     surface points per shape for the Chamfer distance.  ``workers``: threads for the Chamfer
     distances (default: every core this process may use).  ``cache``: a dict to keep between
-    calls against the same reference (see :class:`Context`).  ``classifier``: an object with ``features(grids) -> (N, F)`` and ``version``
+    calls against the same reference (see :class:`Context`).  ``classifier``: an object with
+    ``features(grids) -> (N, F)`` and ``version``
     (default: :func:`tf3dgan.metrics.classifier.load_classifier`, loaded only for fid/kid).
 
     Returns a flat dict: the metric keys of :func:`metric_keys` with ``<key>_std``;
