@@ -236,6 +236,13 @@ def test_wrong_flags_answer_in_one_line(args, text):
     assert text in line and time.perf_counter() - start < 5
 
 
+@needs_data
+def test_the_shipped_weights_are_not_overwritten_under_their_version():
+    line = error_line(tool("train_classifier", "--data-dir", DATA, "--out", REPO / "tf3dgan" / "metrics" / "weights",
+                           "--limit", "2"))
+    assert "holds the shipped classifier (voxnet32-m10-v1)" in line and "new --tag" in line
+
+
 def test_out_below_a_file_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     line = error_line(tool("train_classifier", "--data-dir", DATA, "--out", tmp_path / "notes.txt" / "w"))

@@ -33,6 +33,8 @@ def test_evaluate_cli_on_real_chairs_prints_every_key_and_the_floor(tmp_path):
     table = tool("evaluate", "--samples", f"{SMALL}:train", "--reference", f"{SMALL}:test", "--resolution", "16",
                  "--metrics", "iou", "jsd")
     assert table.returncode == 0, table.stderr[-3000:]
+    default = tool("evaluate", "--samples", f"{SMALL}:train", "--reference", f"{SMALL}:test", "--resolution", "8")
+    assert default.returncode == 0 and "fid and kid skipped" in default.stderr, default.stderr[-3000:]
     assert "nna_iou" in table.stdout or "1-NNA" in table.stdout
 
 
@@ -59,6 +61,14 @@ def test_evaluate_bad_input_is_one_line(tmp_path):
     np.save(small, np.ones((3, 8, 8, 8), np.float32))
     line = error_line(tool("evaluate", "--samples", small, "--reference", f"{SMALL}:test", "--resolution", "16"))
     assert "8³ and cannot be pooled up to --resolution 16" in line
+    one = tmp_path / "one.npy"
+    np.save(one, np.ones((16, 16, 16), np.float32))
+    assert "1 sample; the set metrics compare sets" in error_line(tool("evaluate", "--samples", one, "--reference",
+                                                                      f"{SMALL}:test", "--resolution", "16"))
+    assert "unknown metric 'bogus'" in error_line(tool("evaluate", "--samples", f"{SMALL}:train", "--reference",
+                                                       f"{SMALL}:test", "--metrics", "iou", "bogus"))
+    assert "fid/kid use the 32³ classifier" in error_line(tool("evaluate", "--samples", f"{SMALL}:train", "--reference",
+                                                               f"{SMALL}:test", "--resolution", "16", "--metrics", "fid"))
     empty = tmp_path / "e.npy"
     np.save(empty, np.zeros((3, 16, 16, 16), np.float32))
     assert "every sample is empty" in error_line(tool("evaluate", "--samples", empty, "--reference", f"{SMALL}:test",
@@ -90,12 +100,19 @@ def test_eval_every_writes_metrics_and_keeps_exact_resume(tmp_path):
             tags.update(v.tag for v in event.summary.value)
     assert {"quality/nna_iou", "quality/cov_iou", "quality/mmd_iou", "quality/jsd"} <= tags, sorted(tags)
 
+    plain = tool("train", "-n", "c", *TINY, "-sample", "100", "-graph", "100", "-graph3d", "100", "-save", "2",
+                 "-v", "synthetic:boxes:res=8:n=16:seed=9", "-e", "4", "--deterministic", "--out", tmp_path)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    a, _ = runs.load_checkpoint(runs.checkpoint_path(tmp_path / "a"))
+    c, _ = runs.load_checkpoint(runs.checkpoint_path(tmp_path / "c"))
+    for key in a:   # the same run without --eval-every: evaluations draw no training randomness
+        np.testing.assert_array_equal(c[key], a[key], err_msg=key)
+
     assert _eval_run(tmp_path, "b", "-e", "2", "--deterministic").returncode == 0
     resumed = tool("train", "-n", "b", "-e", "4", "-l", "--out", tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a, _ = runs.load_checkpoint(runs.checkpoint_path(tmp_path / "a"))
     b, _ = runs.load_checkpoint(runs.checkpoint_path(tmp_path / "b"))
-    for key in a:   # evaluations draw no training randomness: the resumed run is bit-identical
+    for key in a:   # and a run resumed with evaluations on is bit-identical
         np.testing.assert_array_equal(b[key], a[key], err_msg=key)
     rb = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["nna_iou"] for r in rb] == [r["nna_iou"] for r in records]

@@ -221,8 +221,44 @@ def test_the_hint_of_a_console_script_and_of_the_api():
     saved = sys.argv[:]
     try:
         sys.argv[:] = ["/venv/bin/tf3dgan-train", "-n", "x"]
-        assert resume_command("x", "savepoint") == "tf3dgan-train -n x --out savepoint -l"
+        assert resume_command("x", "savepoint") == f"tf3dgan-train -n x --out {os.path.abspath('savepoint')} -l"
+        sys.argv[:] = ["tools/train.py", "-n", "x"]   # relative paths become absolute: it works from any folder
+        assert resume_command("x", "runs") == (f"python {os.path.abspath('tools/train.py')} -n x --out "
+                                               f"{os.path.abspath('runs')} -l")
         sys.argv[:] = ["-c"]
         assert resume_command("my run", "/o") == "python tools/train.py -n 'my run' --out /o -l"
     finally:
         sys.argv[:] = saved
+
+
+def test_resume_refusals_found_by_review(tmp_path):
+    from tf3dgan.fit import fit
+
+    run = fit(_tiny(tmp_path, epochs=1, eval_every=1, eval_count=4, validation_data=""))   # holds 4 grids back
+    assert runs.read_config(run)["data"]["count"] == 28
+    for change, words in ((dict(validation_data="synthetic:boxes:res=8:n=8:seed=9"), "holds back --eval-count"),
+                          (dict(eval_count=6), "holds back --eval-count"),
+                          (dict(eval_every=0), "holds back --eval-count")):
+        with pytest.raises(Tf3dganError, match=words):
+            prepare(TrainConfig(name="r", out=str(tmp_path), load=True, epochs=2, **change),
+                    given={"name", "out", "load", "epochs", *change})
+    for kw, words in ((dict(glr=0.0), "-glr must be a positive learning rate"),
+                      (dict(dlr=float("nan")), "-dlr must be a positive learning rate"),
+                      (dict(eval_every=1, eval_count=1), "--eval-count must be at least 2")):
+        with pytest.raises(Tf3dganError, match=words):
+            prepare(_tiny(tmp_path, name="new", **kw))
+    # a failed resume leaves the run unlocked (the lock is released, not left to the garbage collector)
+    with pytest.raises(Tf3dganError, match="does not exist"):
+        prepare(TrainConfig(name="r", out=str(tmp_path), load=True, epochs=2, data=str(tmp_path / "gone")),
+                given={"name", "out", "load", "epochs", "data"})
+    prepare(TrainConfig(name="r", out=str(tmp_path), load=True, epochs=2), given={"name", "out", "load", "epochs"}
+            ).lock.release()
+
+
+def test_a_schedule_file_is_stored_absolute(tmp_path, monkeypatch):
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "sched.json").write_text(json.dumps({"0": [0.002, 0.0002], "1": [0.001, 0.0001]}))
+    monkeypatch.chdir(tmp_path / "work")
+    plan = prepare(_tiny(tmp_path, lr_schedule="sched.json"))
+    plan.lock.release()
+    assert plan.cfg.lr_schedule == str(tmp_path / "work" / "sched.json")

@@ -63,8 +63,8 @@ def _pick(grids: np.ndarray, count: int, seed: int) -> np.ndarray:
 
 def gather(*, run: str | None = None, out: str = "savepoint", load_epoch: int | None = None,
            samples: str | None = None, reference: str | None = None, count: int | None = None,
-           resolution: int | None = None, threshold: float | None = None, pool_min: int = 1, seed: int = 0,
-           floor: str | None = None, batch: int = 16, report=print) -> Sets:
+           resolution: int | None = None, threshold: float | None = None, pool_min: int | None = None, seed: int = 0,
+           floor: str | None = None, batch: int = 16, metrics=None, report=print) -> Sets:
     """Collect the sample, reference and floor sets (see the module docstring); everything that can be
     checked without Keras is checked first."""
     from . import data
@@ -73,6 +73,7 @@ def gather(*, run: str | None = None, out: str = "savepoint", load_epoch: int | 
         raise Tf3dganError("say what to evaluate: -n RUN (samples drawn from its generator) or --samples FILE")
     if count is not None and count < 2:
         raise Tf3dganError(f"--count must be at least 2, got {count}")
+    check_metrics(metrics)
     if resolution is not None and (resolution < 8 or resolution & (resolution - 1)):
         raise Tf3dganError(f"--resolution must be a power of two >= 8, got {resolution}")
     run_dir, config, epoch = None, None, None
@@ -85,12 +86,18 @@ def gather(*, run: str | None = None, out: str = "savepoint", load_epoch: int | 
         if source.suffix == ".npz":
             epoch = int(runs.checkpoint_meta(source).get("epoch", 0))
     settings = (config or {}).get("settings", {})
+    if pool_min is None:   # the run's own pooling rule, so its data and its evaluations agree
+        pool_min = int(settings.get("pool_min") or 1)
+    if pool_min < 1:
+        raise Tf3dganError(f"--pool-min must be at least 1, got {pool_min}")
     if reference is None:
         reference = settings.get("validation_data") or None
         if reference is None:
             raise Tf3dganError("give --reference (e.g. ../shared/data/voxels/modelnet10_chair_64_win.npz:test)"
                                + (f": {run_dir} was trained without -v" if run_dir else ""))
     ref_grids, ref_ds = _load_set(reference, None, 1, None, seed, "--reference")
+    if len(ref_grids) < 2:
+        raise DataError(f"{reference}: {len(ref_grids)} reference shape; the set metrics need at least 2")
 
     if samples is not None:
         path = Path(str(samples).split(".npz:")[0] + (".npz" if ".npz:" in str(samples) else ""))
@@ -113,8 +120,9 @@ def gather(*, run: str | None = None, out: str = "savepoint", load_epoch: int | 
         sample_grids = _generate(run_dir, load_epoch, n, seed, batch, threshold)
         sample_source = f"{run_dir} ({'epoch ' + str(epoch) if epoch is not None else 'generator'}, seeds: "\
                         f"latents of --seed {seed})"
-    if len(sample_grids) == 0:
-        raise DataError(f"{sample_source}: no samples to evaluate")
+    if len(sample_grids) < 2:
+        raise DataError(f"{sample_source}: {len(sample_grids)} sample{'s' * (len(sample_grids) != 1)}; the set "
+                        "metrics compare sets: give at least 2 (e.g. a batch from tools/generate.py --count 99)")
     n = count or len(ref_grids)   # PointFlow's protocol: as many samples as references
     sample_grids, ref_grids = _pick(sample_grids, n, seed), _pick(ref_grids, n, seed)
 
@@ -152,12 +160,36 @@ def _generate(run_dir: Path, load_epoch: int | None, count: int, seed: int, batc
     return (sampling.generate(generator, z, batch) > threshold).astype(np.uint8)
 
 
-def evaluate(sets: Sets, metrics=None, seed: int = 0) -> dict:
+def check_metrics(metrics) -> None:
+    """Unknown metric names are one line, before any data is read."""
+    from .metrics import list_metrics
+
+    for name in metrics or ():
+        for part in str(name).split(","):
+            if part and part != "all" and part not in list_metrics():
+                raise Tf3dganError(f"--metrics: unknown metric {part!r}; choose from {' '.join(list_metrics())} or all")
+
+
+def evaluate(sets: Sets, metrics=None, seed: int = 0, report=print) -> dict:
     """The metrics of ``sets`` (see :func:`tf3dgan.metrics.evaluate_sets`), with where the sets came from."""
     from .metrics import ALL, evaluate_sets
+    from .metrics.registry import CLASSIFIER_RESOLUTION
 
-    result = evaluate_sets(sets.samples, sets.reference, metrics=tuple(metrics or ALL),
-                           floor=sets.floor if sets.floor is not None else None, seed=seed)
+    check_metrics(metrics)
+    names = [p for m in (metrics or ALL) for p in str(m).split(",") if p]
+    names = list(ALL) if "all" in names else names
+    small = sets.resolution < CLASSIFIER_RESOLUTION
+    if small and {"fid", "kid"} & set(names):
+        if metrics:
+            raise Tf3dganError(f"fid/kid use the 32³ classifier; these sets are {sets.resolution}³ (grids can be "
+                               "pooled down, not up): drop fid/kid from --metrics")
+        names = [n for n in names if n not in ("fid", "kid")]
+        report(f"note: fid and kid skipped: the classifier takes 32³ grids and these are {sets.resolution}³")
+    try:
+        result = evaluate_sets(sets.samples, sets.reference, metrics=tuple(names),
+                               floor=sets.floor if sets.floor is not None else None, seed=seed)
+    except ValueError as e:   # sets the metrics cannot compare
+        raise DataError(f"cannot evaluate {sets.sample_source} against {sets.reference_source}: {e}") from None
     result.update(samples=sets.sample_source, reference=sets.reference_source, threshold=sets.threshold,
                   seed=seed)
     if sets.floor_source is not None:

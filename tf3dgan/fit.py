@@ -70,6 +70,11 @@ class _Run:
                                f"{backend!r}; set KERAS_BACKEND=tensorflow (default) or jax")
         cfg = plan.cfg
         self.plan, self.cfg, self.backend = plan, cfg, backend
+        if backend == "jax" and plan.saved is not None:   # TensorFlow-only switches inherited from the run's config
+            for key, flag, off in (("deterministic", "--deterministic", False), ("sync_bn", "--no-sync-bn", True)):
+                if getattr(cfg, key) != off and key not in plan.given:
+                    print(f"note: the run was started with {flag}, a TensorFlow setting; not used under JAX")
+                    setattr(cfg, key, off)
         self.dir, self.data, self.val, self.schedule = plan.dir, plan.data, plan.val, plan.schedule
         self.strategy, self.worker = self._make_strategy(), 0
         if self.strategy is not None and cfg.xla and backend == "tensorflow":

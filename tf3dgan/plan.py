@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shlex
 import sys
@@ -146,19 +147,20 @@ class RunPlan:
     changes: list[tuple] = field(default_factory=list)   # (setting, old, new) of a resumed run
     lock: object | None = None
     held_back: object | None = None     # training grids held back as --eval-every's reference (no -v)
+    given: set = field(default_factory=set)   # the settings given explicitly
 
 
 def resume_command(name: str, out) -> str:
     """The whole command that resumes the run ``out/name``, ready to paste."""
     prog = sys.argv[0] if sys.argv and sys.argv[0] else ""
     base = Path(prog).name
-    if base == "train.py":
-        cmd = ["python", prog]
+    if base == "train.py":                  # absolute paths: the command works from any folder
+        cmd = ["python", os.path.abspath(prog)]
     elif base.startswith("tf3dgan-train"):
         cmd = [base]
     else:                                   # called from Python (fit()): the tool's usual form
         cmd = ["python", "tools/train.py"]
-    return shlex.join([*cmd, "-n", name, "--out", os.fspath(out), "-l"])
+    return shlex.join([*cmd, "-n", name, "--out", os.path.abspath(os.fspath(out)), "-l"])
 
 
 def absolute_spec(spec: str) -> str:
@@ -186,6 +188,12 @@ def _check_settings(cfg: TrainConfig) -> None:
         raise Tf3dganError(f"--eval-every must be >= 0 (0: off), got {cfg.eval_every}")
     if cfg.load_epoch is not None and cfg.load_epoch < 0:
         raise Tf3dganError(f"-le must be >= 0, got {cfg.load_epoch}")
+    for name in ("glr", "dlr"):
+        value = getattr(cfg, name)
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise Tf3dganError(f"{flag_of(name)} must be a positive learning rate, got {value}")
+    if cfg.eval_every and cfg.eval_count < 2:
+        raise Tf3dganError(f"--eval-count must be at least 2 (1-NNA and COV compare sets), got {cfg.eval_count}")
 
 
 def _reconcile(cfg: TrainConfig, given: set[str], saved: dict, run_dir: Path) -> tuple[TrainConfig, list[tuple]]:
@@ -208,6 +216,8 @@ def _reconcile(cfg: TrainConfig, given: set[str], saved: dict, run_dir: Path) ->
         new = values[key]
         if key in ("data", "validation_data"):
             new = values[key] = absolute_spec(new)
+        elif key == "lr_schedule" and new and os.path.isfile(new):
+            new = values[key] = str(Path(new).resolve())
         if new == old:
             continue
         if key in FIXED_ON_RESUME:
@@ -215,6 +225,13 @@ def _reconcile(cfg: TrainConfig, given: set[str], saved: dict, run_dir: Path) ->
             raise Tf3dganError(f"{flag_of(key)} {new} does not match the run being resumed ({run_dir}: {key} {old}); "
                                f"a resumed run {what}: drop {flag_of(key)} or start a new run with another -n")
         changes.append((key, old, new))
+    held = lambda s: bool(s.get("eval_every")) and not s.get("validation_data")  # noqa: E731
+    before, after = held(settings), held(values)
+    if before != after or (before and settings.get("eval_count") != values.get("eval_count")):
+        what = ("holds back --eval-count training grids as its --eval-every reference" if before else
+                "trains on all its training grids")
+        raise Tf3dganError(f"{run_dir} {what}; this change of --eval-every/--eval-count/-v would change the "
+                           "training set of a resumed run: keep them as they were, or give -v on a new run")
     return TrainConfig(**values), changes
 
 
@@ -299,8 +316,6 @@ def _take_folder(run_dir: Path, report=print):
 def prepare(cfg: TrainConfig, given: set[str] | None = None, report=print) -> RunPlan:
     """Settle a run before any model is built (see the module docstring). ``given``: the settings
     the user gave explicitly (default: those that differ from :class:`TrainConfig`'s defaults)."""
-    from . import data as data_lib
-
     cfg = dataclasses.replace(cfg)
     given = given_fields(cfg) if given is None else set(given)
     if cfg.load_epoch is not None:
@@ -324,9 +339,26 @@ def prepare(cfg: TrainConfig, given: set[str] | None = None, report=print) -> Ru
         except ValueError as e:
             raise Tf3dganError(f"model settings: {e}") from None
         cfg.data, cfg.validation_data = absolute_spec(cfg.data), absolute_spec(cfg.validation_data)
+        if cfg.lr_schedule and os.path.isfile(cfg.lr_schedule):   # a schedule file, found from any folder
+            cfg.lr_schedule = str(Path(cfg.lr_schedule).resolve())
     schedule = parse_lr_schedule(cfg.lr_schedule, cfg.glr, cfg.dlr)
     chief = _is_chief(cfg)
     lock = _take_folder(run_dir, report) if chief and cfg.load else None
+    try:
+        data, val, held_back = _load_data(cfg, model, report)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    if chief and not cfg.load:
+        lock = _take_folder(run_dir, report)
+    return RunPlan(cfg, run_dir, checkpoint, saved, model, data, val, schedule, changes, lock, held_back, given)
+
+
+def _load_data(cfg: TrainConfig, model: dict | None, report):
+    """The training data (pooled to the model's resolution), the validation data, the held-back grids."""
+    from . import data as data_lib
+
     want_res = model["resolution"] if model else cfg.resolution
     data = data_lib.load_dataset(cfg.data, resolution=want_res, seed=cfg.seed, pool_min=cfg.pool_min)
     if cfg.pool_min != 1 and data.pooled_from is None:
@@ -339,6 +371,9 @@ def prepare(cfg: TrainConfig, given: set[str] | None = None, report=print) -> Ru
     if val is not None and val.pooled_from is not None:
         report("validation: " + val.pooling_note())
     held_back = None
+    if cfg.eval_every and val is not None and len(val) < 2:
+        raise Tf3dganError(f"--eval-every compares sets: -v {cfg.validation_data} holds {len(val)} grid; give at "
+                           "least 2")
     if cfg.eval_every and val is None:
         from .quality import hold_back
 
@@ -349,6 +384,4 @@ def prepare(cfg: TrainConfig, given: set[str] | None = None, report=print) -> Ru
         data, held_back = hold_back(data, count, cfg.seed)
         report(f"--eval-every without -v: {count} of the {len(data) + count} training grids are held back as its "
                "reference (not trained on); give -v to train on all of them")
-    if chief and not cfg.load:
-        lock = _take_folder(run_dir, report)
-    return RunPlan(cfg, run_dir, checkpoint, saved, model, data, val, schedule, changes, lock, held_back)
+    return data, val, held_back

@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shapes per set [default: the reference's size]")
     p.add_argument("--resolution", type=int, default=None,
                    help="pool both sets to this size first [default: the smaller of the two]")
-    p.add_argument("--pool-min", type=int, default=1, help="pooling rule (as train --pool-min)")
+    p.add_argument("--pool-min", type=int, default=None,
+                   help="pooling rule (as train --pool-min) [default: the run's, else 1]")
     p.add_argument("--threshold", type=float, default=None,
                    help="occupancy threshold of generated grids [default: the run's, from its config.json]")
     p.add_argument("--metrics", nargs="+", default=None, metavar="NAME",
@@ -68,8 +69,8 @@ def run(args: argparse.Namespace) -> None:
     sets = evaluation.gather(run=args.name, out=args.out, load_epoch=args.load_epoch, samples=args.samples,
                              reference=args.reference, count=args.count, resolution=args.resolution,
                              threshold=args.threshold, pool_min=args.pool_min, seed=args.seed, floor=args.floor,
-                             batch=args.batch, report=lambda line: print(line, file=sys.stderr))
-    result = evaluation.evaluate(sets, args.metrics, args.seed)
+                             batch=args.batch, metrics=args.metrics, report=lambda line: print(line, file=sys.stderr))
+    result = evaluation.evaluate(sets, args.metrics, args.seed, report=lambda line: print(line, file=sys.stderr))
     if args.svm:
         result["svm"] = evaluation.svm(sets.run_dir, args.load_epoch, args.svm_data, args.seed, args.svm_limit,
                                        report=lambda line: print(line, file=sys.stderr))

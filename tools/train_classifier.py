@@ -38,8 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default="../shared/data/voxels", metavar="DIR",
                    help=f"folder of the ten {DATA_PATTERN.format('<class>')} files (packed 64³, keys train/test)")
     p.add_argument("--out", default=None, metavar="DIR",
-                   help=f"where to write {WEIGHTS_NAME} and {PROVENANCE_NAME} [default: the package's weights "
-                        f"folder, {PACKAGE_WEIGHTS}]")
+                   help=f"where to write {WEIGHTS_NAME} and {PROVENANCE_NAME} [default: savepoint/classifier]; "
+                        f"the package's own folder ({PACKAGE_WEIGHTS}, what FID/KID load) only with a --tag other "
+                        "than the shipped weights' version")
     p.add_argument("--epochs", type=int, default=40, help="training epochs (the best one on the validation split is kept)")
     p.add_argument("--batch", type=int, default=32, help="grids per training step")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam's initial learning rate (cosine decay to 0)")
@@ -308,7 +309,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> None:
             raise DataError(f"{args.weights}: no such classifier weights file (--weights)")
         action = lambda: evaluate(args, files)  # noqa: E731
     else:
-        out = Path(args.out) if args.out is not None else PACKAGE_WEIGHTS
+        out = Path(args.out) if args.out is not None else Path("savepoint") / "classifier"
+        if out.resolve() == PACKAGE_WEIGHTS and (PACKAGE_WEIGHTS / WEIGHTS_NAME).is_file() and args.tag == DEFAULT_TAG:
+            raise Tf3dganError(f"{out} holds the shipped classifier ({DEFAULT_TAG}), which every FID/KID result names: "
+                               "new weights there need a new --tag (e.g. voxnet32-m10-v2); or write them elsewhere "
+                               "with --out and score them with --evaluate --weights")
         check_out(out)
         action = lambda: train(args, files, out, argv)  # noqa: E731
     from tf3dgan.cli import import_tensorflow_quietly
