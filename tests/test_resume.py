@@ -262,3 +262,15 @@ def test_a_schedule_file_is_stored_absolute(tmp_path, monkeypatch):
     plan = prepare(_tiny(tmp_path, lr_schedule="sched.json"))
     plan.lock.release()
     assert plan.cfg.lr_schedule == str(tmp_path / "work" / "sched.json")
+
+
+def test_a_deterministic_tensorflow_run_resumes_under_jax(tmp_path):
+    pytest.importorskip("jax")
+    first = tool("train", "-n", "d", *TINY, "-e", "1", "--deterministic", "--out", tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    env = dict(tool_env(), KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    cmd = [sys.executable, str(REPO / "tools" / "train.py"), "-n", "d", "-e", "2", "-l", "--out", str(tmp_path)]
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "started with --deterministic, a TensorFlow setting; not used under JAX" in second.stdout
+    assert json.loads((tmp_path / "d" / "config.json").read_text())["settings"]["deterministic"] is True
