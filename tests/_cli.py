@@ -46,14 +46,43 @@ def assert_unwritable_output_is_one_line(tmp_path, name: str, source, suffix: st
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
     line = error_line(tool(name, "-f", source, "-o", blocker / f"c{suffix}"))
-    assert line.startswith(f"error: cannot write {blocker / f'c{suffix}'}")
+    assert line == f"error: cannot write into {blocker}: it is a file, not a folder"
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
     try:
         for target in (ro / f"c{suffix}", ro / "new" / f"c{suffix}"):
             line = error_line(tool(name, "-f", source, "-o", target))
-            assert line == f"error: cannot write {target}: Permission denied ({ro} is read-only); choose a writable location"
+            assert line == (f"error: cannot write into {target.parent}: {ro} is not writable (read-only: no write "
+                            "permission); choose a writable location")
         assert not list(ro.iterdir())
     finally:
         ro.chmod(0o755)
+
+
+def assert_failed_writes_are_one_line(monkeypatch, capsys, main, argv, target, code: int, words: str) -> None:
+    """A tool's ``main(argv)`` whose write of ``target`` fails with ``OSError(code)`` (read-only file system, full
+    disk: simulated, as root cannot make them): exit 2 and exactly one ``error: cannot write TARGET`` line."""
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: cannot write {target}: ") and words in err, err
+
+
+def stop_when(proc, path, sig, timeout: float = 120) -> str:
+    """Send ``sig`` to the running tool ``proc`` once ``path`` exists (or after ``timeout`` s); its output, once it
+    has exited with status 0 (the trainer saves on SIGINT/SIGTERM and exits cleanly)."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and not path.exists():
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out[-3000:]
+    return out

@@ -8,12 +8,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
 
-from _cli import FIXTURES, REPO, TINY, error_line, start_tool, tool, tool_env
+from _cli import FIXTURES, REPO, TINY, error_line, start_tool, stop_when, tool, tool_env
 from tf3dgan import runs
 from tf3dgan.errors import CheckpointError
 
@@ -66,12 +65,7 @@ def test_train_cli_on_real_voxels_and_batch_larger_than_the_dataset(tmp_path):
 def test_sigterm_saves_and_the_run_resumes(tmp_path):
     proc = start_tool("train", "-n", "sig", *TINY, "-e", "100000", "-save", "1000", "--out", tmp_path)
     run = tmp_path / "sig"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (run / "3D_graphs" / "10.png").exists():
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, out[-3000:]
+    out = stop_when(proc, run / "3D_graphs" / "10.png", signal.SIGTERM)
     assert "SIGTERM: stopped after epoch" in out
     arrays, meta = runs.load_checkpoint(runs.checkpoint_path(run))
     assert meta["epoch"] >= 10

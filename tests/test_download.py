@@ -39,9 +39,9 @@ def tree() -> dict[str, bytes]:
     return files
 
 
-def make_zip(files: dict[str, bytes]) -> bytes:
+def make_zip(files: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> bytes:
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+    with zipfile.ZipFile(buf, "w", compression) as zf:
         for name, data in files.items():
             zf.writestr(name, data)
     return buf.getvalue()
@@ -601,7 +601,7 @@ def test_cli_file_size_limit_is_one_true_line(server, tmp_path):
                     "and is kept: the next run resumes at byte 10000)")
 
     # extraction hitting the limit: the archive is fine, so it is kept (not called corrupt and deleted)
-    big = make_zip_deflated({**files, "ModelNet10/big.bin": bytes(200_000)})
+    big = make_zip({**files, "ModelNet10/big.bin": bytes(200_000)}, zipfile.ZIP_DEFLATED)
     assert len(big) < 30_000
     server.files["/big.zip"] = big
     dest2 = tmp_path / "d2"
@@ -615,14 +615,6 @@ def test_cli_file_size_limit_is_one_true_line(server, tmp_path):
     proc = tool("download_data", "--dataset", "modelnet10", "--dest", dest2, timeout=60)   # reused, no download
     assert proc.returncode == 0, proc.stderr
     assert "using the archive already downloaded" in proc.stdout and len(server.ranges) == 2
-
-
-def make_zip_deflated(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return buf.getvalue()
 
 
 def test_help_and_bad_flag_are_fast_and_import_no_tensorflow():

@@ -167,7 +167,7 @@ def _read_only(monkeypatch, below: Path) -> None:
 
 def test_check_output_folder(tmp_path, monkeypatch):
     from tf3dgan.errors import WriteError
-    from tf3dgan.render import check_output_folder
+    from tf3dgan.atomic import check_output_folder
 
     check_output_folder(tmp_path / "new" / "deeper")          # not there yet: its first existing parent is
     (tmp_path / "f").write_text("x")

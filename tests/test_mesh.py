@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import errno
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ from tf3dgan.binvox import read_raw
 from tf3dgan.errors import DataError
 from tf3dgan.mesh import EmptyGridError, check_occupied, grid_to_mesh, load_grids
 
-from _cli import FIXTURES, REPO, error_line, tool, assert_unwritable_output_is_one_line
+from _cli import FIXTURES, REPO, error_line, tool, assert_failed_writes_are_one_line, assert_unwritable_output_is_one_line
 
 CHAIR = FIXTURES / "chair" / "train" / "chair_0013.raw"
 S = 0.01
@@ -235,13 +233,9 @@ def test_cli_unwritable_output_is_one_line(tmp_path, chair):
 def test_read_only_or_full_disk_is_one_line_in_process(tmp_path, monkeypatch, capsys, code, words):
     from tools import convert_to_obj
 
-    def refuse(*args, **kwargs):
-        raise OSError(code, os.strerror(code))
-
-    monkeypatch.setattr(tempfile, "mkstemp", refuse)
-    assert convert_to_obj.main(["-f", str(CHAIR), "-o", str(tmp_path / "c.obj")]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"error: cannot write {tmp_path / 'c.obj'}: ") and words in err
+    target = tmp_path / "c.obj"
+    assert_failed_writes_are_one_line(monkeypatch, capsys, convert_to_obj.main, ["-f", str(CHAIR), "-o", str(target)],
+                                      target, code, words)
     assert not list(tmp_path.iterdir())
 
 

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from _cli import REPO, TINY, error_line, start_tool, tool, tool_env
+from _cli import REPO, TINY, error_line, start_tool, stop_when, tool, tool_env
 from tf3dgan import runs
 from tf3dgan.errors import Tf3dganError, WriteError
 from tf3dgan.plan import TrainConfig, prepare
@@ -45,12 +45,7 @@ def test_an_interrupted_run_resumes_exactly_from_the_printed_command_alone(tmp_p
     assert straight.returncode == 0, straight.stderr[-3000:]
 
     proc = start_tool("train", "-n", "b", "-d", data, *RUN_FLAGS, "-e", "30", "--out", out, cwd=tmp_path / "work")
-    deadline = time.time() + 120
-    while time.time() < deadline and not (out / "b" / "5.npy").exists():
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    stdout, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, stdout[-3000:]
+    stdout = stop_when(proc, out / "b" / "5.npy", signal.SIGINT)
     hint = [line for line in stdout.splitlines() if "resume with: " in line]
     assert len(hint) == 1, stdout[-3000:]
     command = hint[0].split("resume with: ", 1)[1]

@@ -50,6 +50,39 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         raise
 
 
+def check_output_folder(folder: str | os.PathLike) -> None:
+    """Refuse up front (before any slow work) an output folder that cannot be created or written into.
+
+    Walks up from ``folder`` to the first path that exists: it must be a folder (not a file, as in
+    ``--dest notes.txt/out``) that this process may write into — not on a read-only file system, not
+    without permission, and not one with no write permission bit at all (``chmod a-w``: meant to stay as
+    it is, also for root, whom the system lets write there). Raises :class:`~tf3dgan.errors.WriteError`
+    naming it; a folder that passes can still fill up, which :func:`atomic_path` reports when it happens.
+    Every tool calls it for its outputs."""
+    from .errors import WriteError
+
+    folder = Path(folder)
+    for p in (folder, *folder.parents):
+        if not (p.exists() or p.is_symlink()):
+            continue
+        if not p.is_dir():
+            what = "it" if p == folder else str(p)
+            raise WriteError(f"cannot write into {folder}: {what} is a file, not a folder")
+        try:
+            no_bits = not os.stat(p).st_mode & 0o222
+        except OSError:
+            no_bits = True
+        if no_bits or not os.access(p, os.W_OK | os.X_OK):
+            try:
+                read_only = bool(os.statvfs(p).f_flag & os.ST_RDONLY)
+            except (OSError, AttributeError):   # no statvfs (Windows)
+                read_only = False
+            why = ("read-only file system" if read_only else "read-only: no write permission" if no_bits
+                   else "no permission to write there")
+            raise WriteError(f"cannot write into {folder}: {p} is not writable ({why}); choose a writable location")
+        return
+
+
 def temp_prefix(path: str | os.PathLike) -> str:
     """The name start of ``path``'s temporary files (see :func:`stale_temps`)."""
     return f"{TEMP_PREFIX}{Path(path).stem.split('.')[0]}-"

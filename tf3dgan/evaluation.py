@@ -46,12 +46,11 @@ def _to_resolution(grids: np.ndarray, resolution: int, pool_min: int, what: str)
     return data.unpack(data.pool(data.pack(grids), dim, factor, pool_min), resolution)
 
 
-def _load_set(spec: str, resolution: int | None, pool_min: int, limit: int | None, seed: int, what: str):
+def _load_set(spec: str, resolution: int | None, pool_min: int, seed: int) -> np.ndarray:
+    """All grids of a ``-d`` source as uint8 0/1, pooled to ``resolution`` (None: as stored)."""
     from . import data
 
-    ds = data.load_dataset(spec, resolution=resolution, pool_min=pool_min, seed=seed)
-    grids = ds.grids(np.arange(min(len(ds), limit)) if limit else None)
-    return grids, ds
+    return data.load_dataset(spec, resolution=resolution, pool_min=pool_min, seed=seed).grids()
 
 
 def _pick(grids: np.ndarray, count: int, seed: int) -> np.ndarray:
@@ -95,12 +94,12 @@ def gather(*, run: str | None = None, out: str = "savepoint", load_epoch: int | 
         if reference is None:
             raise Tf3dganError("give --reference (e.g. ../shared/data/voxels/modelnet10_chair_64_win.npz:test)"
                                + (f": {run_dir} was trained without -v" if run_dir else ""))
-    ref_grids, ref_ds = _load_set(reference, None, 1, None, seed, "--reference")
+    ref_grids = _load_set(reference, None, 1, seed)
     if len(ref_grids) < 2:
         raise DataError(f"{reference}: {len(ref_grids)} reference shape; the set metrics need at least 2")
 
     if samples is not None:
-        path = Path(str(samples).split(".npz:")[0] + (".npz" if ".npz:" in str(samples) else ""))
+        path, _ = data.split_npz_key(os.fspath(samples))
         if path.suffix.lower() == ".npy" and path.is_file():
             from .mesh import load_grids
 
@@ -111,7 +110,7 @@ def gather(*, run: str | None = None, out: str = "savepoint", load_epoch: int | 
             threshold, _ = runs.threshold_for(path, given=threshold)
             sample_grids = (values > threshold).astype(np.uint8)
         else:   # any -d source: 0/1 grids already
-            sample_grids, _ = _load_set(samples, None, 1, None, seed, "--samples")
+            sample_grids = _load_set(samples, None, 1, seed)
             threshold = 0.5 if threshold is None else threshold
         sample_source = os.fspath(samples)
     else:
@@ -141,7 +140,7 @@ def gather(*, run: str | None = None, out: str = "savepoint", load_epoch: int | 
     floor = floor or settings.get("data") or None
     if floor:
         try:
-            grids, _ = _load_set(floor, res, pool_min, None, seed + 1, "floor")
+            grids = _load_set(floor, res, pool_min, seed + 1)
         except DataError as e:
             report(f"note: real-vs-real floor from half of the reference instead ({floor}: {e})")
         else:

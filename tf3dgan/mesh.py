@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import atomic_path, check_output_folder
 from .binvox import read_binvox, read_raw
-from .data import SYNTHETIC_PREFIX, VoxelDataset, as_batch, check_finite, load_dataset, read_only_folder, split_npz_key
-from .errors import DataError, Tf3dganError, numpy_load_reason, write_error
+from .data import SYNTHETIC_PREFIX, VoxelDataset, as_batch, check_finite, load_dataset, split_npz_key
+from .errors import DataError, Tf3dganError, numpy_load_reason
 
 MESH_KINDS = ("cubes", "faces", "marching-cubes")
 FORMATS = ("obj", "stl", "ply", "glb")
@@ -350,12 +350,9 @@ def grid_to_mesh(grid: np.ndarray, threshold: float = DEFAULT_THRESHOLD, mesh: s
 
 
 def check_output(path: str | os.PathLike) -> Path:
-    """Refuse, before any work, an output whose folder (or nearest existing parent) has no write permission bit:
-    the same one-line WriteError a failed write gives, also for root (whom the system lets write there)."""
+    """``path``, once its folder passed :func:`tf3dgan.atomic.check_output_folder` (refused before any work)."""
     path = Path(path)
-    folder = next((p for p in path.parents if p.exists()), None)
-    if folder is not None and folder.is_dir() and read_only_folder(folder):
-        raise write_error(path, PermissionError(13, f"Permission denied ({folder} is read-only)"))
+    check_output_folder(path.parent)
     return path
 
 

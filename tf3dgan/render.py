@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import blender_scene
-from .atomic import atomic_path
-from .errors import DataError, Tf3dganError, WriteError
+from .atomic import atomic_path, check_output_folder
+from .errors import DataError, Tf3dganError
 
 ENGINES = blender_scene.ENGINES
 MESH_FORMATS = {".obj": "obj", ".ply": "ply", ".stl": "stl"}   # read by Blender's importers
@@ -144,34 +144,9 @@ def read_views(path: str | os.PathLike) -> list[View]:
     return views
 
 
-def check_output_folder(folder: str | os.PathLike) -> None:
-    """Refuse up front (before any slow work) an output folder that cannot be created or written into.
-
-    Walks up from ``folder`` to the first path that exists: it must be a folder (not a file, as in
-    ``--dest notes.txt/out``) that this process may write into (not on a read-only file system, not
-    without permission).  Raises :class:`~tf3dgan.errors.WriteError` naming it; a folder that passes
-    can still fill up, which :func:`tf3dgan.atomic.atomic_path` reports when it happens.  Used by
-    ``render_class_view.py``, ``generate.py --dest`` and ``bench.py --profile``."""
-    folder = Path(folder)
-    for p in (folder, *folder.parents):
-        if not (p.exists() or p.is_symlink()):
-            continue
-        if not p.is_dir():
-            what = "it" if p == folder else str(p)
-            raise WriteError(f"cannot write into {folder}: {what} is a file, not a folder")
-        if not os.access(p, os.W_OK | os.X_OK):
-            try:
-                read_only = bool(os.statvfs(p).f_flag & os.ST_RDONLY)
-            except (OSError, AttributeError):   # no statvfs (Windows)
-                read_only = False
-            why = "read-only file system" if read_only else "no permission to write there"
-            raise WriteError(f"cannot write into {folder}: {p} is not writable ({why}); choose a writable location")
-        return
-
-
 def output_paths(output: str | os.PathLike, count: int, numbered: bool) -> list[Path]:
     """``output`` itself, or ``<stem>_<i>.png`` beside it for each of ``count`` views when ``numbered``
-    (its folder checked by :func:`check_output_folder`)."""
+    (its folder checked by :func:`tf3dgan.atomic.check_output_folder`)."""
     out = Path(output)
     if out.suffix.lower() != ".png":
         raise Tf3dganError(f"{output}: the output image must be a .png file")

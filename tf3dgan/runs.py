@@ -92,7 +92,9 @@ def threshold_for(path: str | os.PathLike | None = None, run_dir: str | os.PathL
         return float(given), "--threshold"
     candidates = [Path(run_dir)] if run_dir is not None else []
     if path is not None and not str(path).startswith("synthetic:"):
-        p = Path(str(path).split(".npz:")[0] + (".npz" if ".npz:" in str(path) else ""))
+        from .data import split_npz_key
+
+        p, _ = split_npz_key(os.fspath(path))
         candidates += [p.parent, p.parent.parent]
     for folder in candidates:
         value = run_threshold(folder)

@@ -19,7 +19,7 @@ import sys
 from tf3dgan.choices import ARCHS, BACKENDS, IMPLEMENTATIONS, OBJECTIVES, PRECISIONS
 from tf3dgan.cli import HelpFormatter, keras_backend, run_tool
 from tf3dgan.errors import Tf3dganError
-from tf3dgan.render import check_output_folder
+from tf3dgan.atomic import check_output_folder
 from tf3dgan.spec import make_spec
 
 # TensorFlow/Keras load only in run() (tf3dgan.benchmark), after the flags are checked: --help and a

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> None:
 
     from tf3dgan import runs, sampling
     from tf3dgan.atomic import atomic_path
-    from tf3dgan.render import check_output_folder
+    from tf3dgan.atomic import check_output_folder
     from tf3dgan.spec import describe
 
     if args.name is None and args.weights is None:

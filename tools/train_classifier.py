@@ -98,7 +98,7 @@ def data_files(data_dir: str) -> list[Path]:
 def check_out(folder: Path) -> None:
     from tf3dgan.data import read_only_folder
     from tf3dgan.errors import write_error
-    from tf3dgan.render import check_output_folder
+    from tf3dgan.atomic import check_output_folder
 
     check_output_folder(folder)
     existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
