@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 here = Path(__file__).parent
 version = {}
@@ -17,7 +17,7 @@ setup(
     long_description=(here / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["tf3dgan", "tf3dgan.metrics", "tf3dgan.tools"],
+    packages=find_packages(include=["tf3dgan", "tf3dgan.*"]) + ["tf3dgan.tools"],
     package_data={"tf3dgan.metrics": ["weights/*.npz", "weights/*.json"]},   # the shipped classifier
     package_dir={"tf3dgan": "tf3dgan", "tf3dgan.tools": "tools"},
     install_requires=[

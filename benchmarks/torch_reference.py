@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """PyTorch reference of the rasgan64 / 3dgan32 GAN train step, for A/B speed comparisons.
 
-The same two architectures as ``tf3dgan.models`` written the way a PyTorch user writes them
+The same two architectures as ``tf3dgan.models.networks`` written the way a PyTorch user writes them
 (``nn.Module``, channels-first ``(N, C, D, H, W)``), with the same layer sizes and output shapes,
-and the same train step as ``tf3dgan.training.GANTrainer`` with ``d_rule="always"`` (what
+and the same train step as ``tf3dgan.training.backends.tensorflow.GANTrainer`` with ``d_rule="always"`` (what
 ``tools/bench.py`` times):
 
 * D update: G forward on fresh latents (BatchNorm in training mode, no gradient kept), D
@@ -12,7 +12,7 @@ and the same train step as ``tf3dgan.training.GANTrainer`` with ``d_rule="always
   G's loss, backward to G only (D's weights are frozen with ``requires_grad_(False)`` for this
   phase, the usual PyTorch idiom, so no gradient of D's weights is computed — as TensorFlow's
   tape does), Adam step;
-* the RaSGAN loss in the softplus form (``tf3dgan.losses.rasgan``), summed, in float32;
+* the RaSGAN loss in the softplus form (``tf3dgan.models.losses.rasgan``), summed, in float32;
 * Adam with β1 = 0.5, β2 = 0.999, ε = 1e-7 (Keras' default), lr 0.002 (G) / 0.00005 (D);
 * BatchNorm momentum 0.1 (= Keras 0.9), ε 1e-5; weights N(0, 0.02), biases 0, G's BN γ N(1, 0.02).
 
@@ -21,7 +21,7 @@ around the forward passes (float32 weights and optimizer, like Keras' ``mixed_bf
 logit layer and G's output are float32 as in ours).  ``--compile`` wraps G and D in
 ``torch.compile`` (the first warm-up step includes the compilation).
 
-The analytic FLOP count is ``tf3dgan.benchmark.step_flops`` of the Keras pair (built without
+The analytic FLOP count is ``tf3dgan.perf.benchmark.step_flops`` of the Keras pair (built without
 weights), so both sides divide by the same number.  Run as a script for a table or ``--json``
 lines with the keys of ``tools/bench.py --json`` (``backend`` = ``"torch"``).
 
@@ -38,8 +38,8 @@ import sys
 import time
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:   # run as a script from a checkout: tf3dgan is importable without installing
@@ -63,7 +63,7 @@ def channels(base: int, width: float) -> int:
 
 
 def check_config(arch: str, width: float, resolution: int | None) -> int:
-    """Validate like ``tf3dgan.models.make_spec``; returns the resolution."""
+    """Validate like ``tf3dgan.models.networks.make_spec``; returns the resolution."""
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     r = NATIVE_RESOLUTION[arch] if resolution is None else resolution
@@ -192,7 +192,7 @@ def count_params(module: nn.Module) -> int:
 # ---------------------------------------------------------------------------------------- loss / step
 
 def rasgan(real_logits: torch.Tensor, fake_logits: torch.Tensor):
-    """Relativistic average standard GAN, softplus form (as ``tf3dgan.losses.rasgan``)."""
+    """Relativistic average standard GAN, softplus form (as ``tf3dgan.models.losses.rasgan``)."""
     real, fake = real_logits.float(), fake_logits.float()
     r = real - fake.mean()
     f = fake - real.mean()
@@ -303,7 +303,7 @@ def _fused_adam_ok(device: torch.device) -> bool:
 
 def _real_grids(n: int, resolution: int, seed: int) -> torch.Tensor:
     try:
-        from tf3dgan import synthetic   # NumPy only (no TensorFlow / Keras)
+        from tf3dgan.data import synthetic  # NumPy only (no TensorFlow / Keras)
         grids = torch.from_numpy(synthetic.make_shapes("furniture", n, resolution, seed).astype("float32"))
     except Exception:
         g = torch.Generator().manual_seed(seed)
@@ -314,12 +314,14 @@ def _real_grids(n: int, resolution: int, seed: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------- FLOPs, device
 
 def step_flops(arch: str, width: float, resolution: int, batch: int) -> int:
-    """``tf3dgan.benchmark.step_flops`` of the Keras pair (layers built from shapes only).
+    """``tf3dgan.perf.benchmark.step_flops`` of the Keras pair (layers built from shapes only).
 
     Imports Keras; the script sets its backend to ``torch`` first, so TensorFlow is not loaded
     into the timed process (TensorFlow and PyTorch in one process abort on an LLVM clash)."""
-    from tf3dgan.benchmark import step_flops as keras_step_flops
-    from tf3dgan.models import Discriminator as KD, Generator as KG, make_spec
+    from tf3dgan.models.networks import Discriminator as KD
+    from tf3dgan.models.networks import Generator as KG
+    from tf3dgan.models.networks import make_spec
+    from tf3dgan.perf.benchmark import step_flops as keras_step_flops
 
     spec = make_spec(arch, width, resolution).to_dict()
     return int(keras_step_flops(KG(**spec), KD(**spec), batch))
@@ -328,7 +330,7 @@ def step_flops(arch: str, width: float, resolution: int, batch: int) -> int:
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"GPU: {torch.cuda.get_device_name(device)}"
-    from tf3dgan.benchmark import cpu_name   # the format of tools/bench.py's "device"
+    from tf3dgan.perf.benchmark import cpu_name  # the format of tools/bench.py's "device"
 
     return cpu_name()
 
@@ -341,7 +343,7 @@ def bench(arch: str = "rasgan64", batch: int = 8, precision: str = "float32", co
           device: str = "cpu", seed: int = 0, adam: str = "auto", flop: int | None = None,
           peak_tflops: float | None = None, channels_last: bool = False) -> dict:
     """Time ``steps`` single train steps after ``warmup`` untimed ones; the keys of ``tools/bench.py --json``."""
-    from tf3dgan.benchmark import loadavg, timing_fields   # Keras on its torch backend (set by main / the caller)
+    from tf3dgan.perf.benchmark import loadavg, timing_fields  # Keras on its torch backend (set by main / the caller)
 
     resolution = check_config(arch, width, resolution)
     load_before = loadavg()
@@ -384,8 +386,8 @@ def config_label(r: dict) -> str:
 
 
 def format_row(r) -> str:
-    """``tools/bench.py``'s table row (``tf3dgan.benchmark.format_row``) with this script's labels."""
-    from tf3dgan.benchmark import format_row as bench_row
+    """``tools/bench.py``'s table row (``tf3dgan.perf.benchmark.format_row``) with this script's labels."""
+    from tf3dgan.perf.benchmark import format_row as bench_row
 
     return bench_row(r, label=config_label, first_width=62)
 
@@ -443,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     results = []
     if not args.json:
-        from tf3dgan.benchmark import TABLE_HEADER
+        from tf3dgan.perf.benchmark import TABLE_HEADER
 
         print(format_row(TABLE_HEADER), flush=True)
     for b in args.batch:

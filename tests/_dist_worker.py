@@ -20,18 +20,18 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-from tf3dgan.training import split_cpu  # noqa: E402  (imports TensorFlow; devices are not initialised yet)
+from tf3dgan.training.backends.tensorflow import split_cpu  # noqa: E402  (imports TensorFlow; devices are not initialised yet)
 
 split_cpu(2)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from tf3dgan.data import pack  # noqa: E402
+from tf3dgan.data.datasets import pack  # noqa: E402
+from tf3dgan.data.synthetic import make_shapes  # noqa: E402
 from tf3dgan.errors import Tf3dganError  # noqa: E402
-from tf3dgan.models import build_models  # noqa: E402
-from tf3dgan.synthetic import make_shapes  # noqa: E402
-from tf3dgan.training import GANTrainer, make_strategy, tune_for_device  # noqa: E402
+from tf3dgan.models.networks import build_models  # noqa: E402
+from tf3dgan.training.backends.tensorflow import GANTrainer, make_strategy, tune_for_device  # noqa: E402
 
 STEPS = 4            # one epoch: 32 grids / global batch 8
 DATA = pack(make_shapes("boxes", 32, 8, seed=1))

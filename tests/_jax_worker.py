@@ -30,12 +30,12 @@ if __name__ == "__main__":
 import jax  # noqa: E402
 import keras  # noqa: E402
 
-from tf3dgan import runs  # noqa: E402
-from tf3dgan.data import pack  # noqa: E402
+from tf3dgan.data.datasets import pack  # noqa: E402
+from tf3dgan.data.synthetic import make_shapes  # noqa: E402
 from tf3dgan.errors import CheckpointError  # noqa: E402
-from tf3dgan.jax_training import JaxGANTrainer, cpu_friendly_convolutions, make_distribution  # noqa: E402
-from tf3dgan.models import build_models  # noqa: E402
-from tf3dgan.synthetic import make_shapes  # noqa: E402
+from tf3dgan.models.networks import build_models  # noqa: E402
+from tf3dgan.training import runs  # noqa: E402
+from tf3dgan.training.backends.jax import JaxGANTrainer, cpu_friendly_convolutions, make_distribution  # noqa: E402
 
 # the configuration of tests/test_training.py's tiny_trainer: rasgan64 at 8³, width 1/8, 32 boxes
 DATA = {8: pack(make_shapes("boxes", 32, 8, seed=1)), 16: pack(make_shapes("boxes", 32, 16, seed=1))}

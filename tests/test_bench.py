@@ -1,4 +1,4 @@
-"""Tests for tf3dgan.benchmark and tools/bench.py (FLOP counts exact; one tiny timed CLI run, ~15 s)."""
+"""Tests for tf3dgan.perf.benchmark and tools/bench.py (FLOP counts exact; one tiny timed CLI run, ~15 s)."""
 from __future__ import annotations
 
 import json
@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import keras
 import pytest
 
-from tf3dgan import benchmark
-from tf3dgan.benchmark import forward_flops, step_flops
-from tf3dgan.models import build_models
+from tf3dgan.models.networks import build_models
+from tf3dgan.perf import benchmark
+from tf3dgan.perf.benchmark import forward_flops, step_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,7 +114,7 @@ def test_cli_json_tiny_run(tmp_path):
 
 
 def test_cli_rejects_bad_options(capsys):
-    from tf3dgan.tools import bench as tool   # tools/ installed as tf3dgan.tools (setup.py)
+    from tf3dgan.tools import bench as tool  # tools/ installed as tf3dgan.tools (setup.py)
 
     with pytest.raises(SystemExit) as exc:
         tool.main(["--resolution", "12"])

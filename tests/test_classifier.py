@@ -15,12 +15,10 @@ import time
 
 import numpy as np
 import pytest
+from _cli import FIXTURES, REPO, error_line, tool, tool_env
 
 from tf3dgan.errors import DataError
-from tf3dgan.metrics.features import (frechet_distance, gaussian_frechet_distance, kernel_distance,
-                                      mmd2_unbiased)
-
-from _cli import FIXTURES, REPO, error_line, tool, tool_env
+from tf3dgan.metrics.features import frechet_distance, gaussian_frechet_distance, kernel_distance, mmd2_unbiased
 
 DATA = REPO.parent / "shared" / "data" / "voxels"
 CLASSES = ("bathtub", "bed", "chair", "desk", "dresser", "monitor", "night_stand", "sofa", "table", "toilet")
@@ -139,7 +137,7 @@ def clf():
 
 
 def _split(cls: str, split: str, limit: int | None = None) -> np.ndarray:
-    from tf3dgan.data import load_dataset
+    from tf3dgan.data.datasets import load_dataset
 
     return load_dataset(f"{DATA / f'modelnet10_{cls}_64_win.npz'}:{split}", resolution=32, limit=limit).grids()
 
@@ -160,7 +158,7 @@ def test_shipped_classifier_loads_once_and_names_itself(clf):
 
 
 def test_fixture_chairs_at_64_are_pooled_and_recognised(clf):
-    from tf3dgan.data import load_dataset, unpack
+    from tf3dgan.data.datasets import load_dataset, unpack
 
     path = FIXTURES / "modelnet10_chair_64_win_small.npz"
     with np.load(path) as z:

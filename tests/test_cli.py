@@ -11,10 +11,10 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from _cli import FIXTURES, REPO, TINY, error_line, start_tool, stop_when, tool, tool_env
-from tf3dgan import runs
+
 from tf3dgan.errors import CheckpointError
+from tf3dgan.training import runs
 
 
 def test_train_cli_writes_the_whole_run_folder(tmp_path):
@@ -83,7 +83,7 @@ def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_
     script = textwrap.dedent(f"""
         import os, signal
         import numpy as np
-        from tf3dgan import runs
+        from tf3dgan.training import runs
         arrays, meta = runs.load_checkpoint(runs.checkpoint_path({str(run)!r}))
         def dying_savez(f, **kw):
             f.write(b"PK\\x03\\x04 half a checkpoint")

@@ -1,4 +1,4 @@
-"""Tests for tf3dgan.binvox, tf3dgan.synthetic and tf3dgan.data (pure numpy, a few seconds)."""
+"""Tests for tf3dgan.data.binvox, tf3dgan.data.synthetic and tf3dgan.data.datasets (pure numpy, a few seconds)."""
 from __future__ import annotations
 
 import errno
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from tf3dgan import binvox, data, synthetic
+from tf3dgan.data import binvox, synthetic
+from tf3dgan.data import datasets as data
 from tf3dgan.errors import DataError
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -157,7 +157,7 @@ def test_trainer_refuses_what_it_cannot_distribute(worker):
 
 def test_make_strategy_choices_and_errors(monkeypatch):
     # none of these initialises TensorFlow's devices (this pytest process may not split its CPU)
-    from tf3dgan.training import STRATEGIES, make_strategy
+    from tf3dgan.training.backends.tensorflow import STRATEGIES, make_strategy
 
     assert STRATEGIES == ("auto", "one", "mirrored", "multiworker")
     assert make_strategy("one") is None
@@ -181,7 +181,7 @@ def test_make_strategy_choices_and_errors(monkeypatch):
 def test_synchronized_bn_keeps_the_weights_and_their_order():
     import keras
 
-    from tf3dgan.models import build_models
+    from tf3dgan.models.networks import build_models
 
     for arch, res in (("rasgan64", 16), ("3dgan32", 8)):
         plain = build_models(arch, width=0.125, resolution=res)
@@ -201,7 +201,7 @@ def test_train_cli_mirrored_run_resumes_on_one_device(tmp_path):
     sys.path.insert(0, str(REPO_ROOT / "tests"))
     from _cli import TINY, error_line, tool
 
-    from tf3dgan import runs
+    from tf3dgan.training import runs
 
     proc = tool("train", "-n", "m", *TINY, "-e", "2", "--out", tmp_path, "--strategy", "mirrored",
                 "--cpu-devices", "2")

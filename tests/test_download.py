@@ -1,4 +1,4 @@
-"""tools/download_data.py and tf3dgan.modelnet against a local HTTP server (no internet needed).
+"""tools/download_data.py and tf3dgan.data.modelnet against a local HTTP server (no internet needed).
 
 The archives are built here from three real ModelNet10 meshes (tests/fixtures/download/*.off).
 """
@@ -19,11 +19,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
 from _cli import FIXTURES, REPO, error_line, tool, tool_env
-from tf3dgan import modelnet
+
+from tf3dgan.data import modelnet
+from tf3dgan.data.modelnet import ArchiveError, DownloadError
 from tf3dgan.errors import Tf3dganError, WriteError
-from tf3dgan.modelnet import ArchiveError, DownloadError
 
 MESHES = {  # path in the archive -> fixture file (byte copies of shared/data/modelnet_sample)
     "ModelNet10/table/train/table_0151.off": "table_0151.off",

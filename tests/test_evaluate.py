@@ -9,9 +9,9 @@ import sys
 
 import numpy as np
 import pytest
-
 from _cli import FIXTURES, REPO, TINY, error_line, tool
-from tf3dgan import runs
+
+from tf3dgan.training import runs
 
 SMALL = FIXTURES / "modelnet10_chair_64_win_small.npz"
 KEYS = ("mmd_iou", "cov_iou", "nna_iou", "mmd_cd", "cov_cd", "nna_cd", "jsd", "n_samples", "n_reference",
@@ -128,7 +128,7 @@ def test_eval_every_under_jax(tmp_path):
 
 
 def test_eval_every_without_v_holds_training_grids_back(tmp_path):
-    from tf3dgan.plan import TrainConfig, prepare
+    from tf3dgan.training.plan import TrainConfig, prepare
 
     plan = prepare(TrainConfig(name="h", out=str(tmp_path), data="synthetic:boxes:res=8:n=40", eval_every=1,
                                eval_count=8))

@@ -15,10 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
+from _cli import REPO, tool_env
 
 from tf3dgan import choices
-
-from _cli import REPO, tool_env
 
 TOOLS = ("train", "bench", "download_data", "convert_data", "check_voxelizer", "convert_to_obj",
          "convert_to_graph", "generate", "render_class_view")
@@ -166,8 +165,8 @@ def _read_only(monkeypatch, below: Path) -> None:
 
 
 def test_check_output_folder(tmp_path, monkeypatch):
-    from tf3dgan.errors import WriteError
     from tf3dgan.atomic import check_output_folder
+    from tf3dgan.errors import WriteError
 
     check_output_folder(tmp_path / "new" / "deeper")          # not there yet: its first existing parent is
     (tmp_path / "f").write_text("x")
@@ -209,7 +208,8 @@ def test_read_only_outputs_of_the_tools_in_process(tmp_path, monkeypatch, capsys
 @pytest.fixture(scope="module")
 def jax_check():
     """JAX's strategies, checked in a KERAS_BACKEND=jax child while this process checks TensorFlow's."""
-    code = ("from tf3dgan import choices, jax_training as j\n"
+    code = ("from tf3dgan import choices\n"
+            "from tf3dgan.training.backends import jax as j\n"
             "from tf3dgan.errors import Tf3dganError\n"
             "print(sorted(j.STRATEGIES) == sorted(choices.JAX_STRATEGIES))\n"
             "print([type(j.make_distribution(n)).__name__ for n in choices.JAX_STRATEGIES])\n"
@@ -227,11 +227,16 @@ def test_every_choice_has_an_implementation(jax_check, tmp_path, monkeypatch):
     import keras
     import numpy as np
 
-    from tf3dgan import losses, models, phase_conv, plots, spec, trainer_base, training
+    from tf3dgan import spec
     from tf3dgan.errors import Tf3dganError
-    from tf3dgan.mesh import MESH_KINDS
-    from tf3dgan.sampling import INTERPOLATIONS
+    from tf3dgan.models import losses, phase_conv
+    from tf3dgan.models import networks as models
+    from tf3dgan.outputs import plots
+    from tf3dgan.outputs.mesh import MESH_KINDS
+    from tf3dgan.outputs.sampling import INTERPOLATIONS
     from tf3dgan.tools import bench, generate
+    from tf3dgan.training import trainer as trainer_base
+    from tf3dgan.training.backends import tensorflow as training
 
     assert set(choices.OBJECTIVES) == set(losses.OBJECTIVES)
     for name in choices.OBJECTIVES:

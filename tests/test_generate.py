@@ -1,4 +1,4 @@
-"""tf3dgan.sampling, runs.load_generator and tools/generate.py on a tiny trained run."""
+"""tf3dgan.outputs.sampling, runs.load_generator and tools/generate.py on a tiny trained run."""
 from __future__ import annotations
 
 import errno
@@ -9,10 +9,10 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import trimesh
-
-from tf3dgan import runs, sampling
-
 from _cli import error_line, tool
+
+from tf3dgan.outputs import sampling
+from tf3dgan.training import runs
 
 
 @pytest.fixture(scope="module")

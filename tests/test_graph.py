@@ -1,4 +1,4 @@
-"""tf3dgan.plots' voxel pictures (scatter and shaded) and tools/convert_to_graph.py."""
+"""tf3dgan.outputs.plots' voxel pictures (scatter and shaded) and tools/convert_to_graph.py."""
 from __future__ import annotations
 
 import errno
@@ -9,11 +9,10 @@ import sys
 import matplotlib.image as mpimg
 import numpy as np
 import pytest
+from _cli import FIXTURES, REPO, assert_failed_writes_are_one_line, assert_unwritable_output_is_one_line, error_line, tool
 
-from tf3dgan import plots
-from tf3dgan.binvox import read_binvox, read_raw
-
-from _cli import FIXTURES, REPO, error_line, tool, assert_failed_writes_are_one_line, assert_unwritable_output_is_one_line
+from tf3dgan.data.binvox import read_binvox, read_raw
+from tf3dgan.outputs import plots
 
 CHAIR = FIXTURES / "chair" / "train" / "chair_0013.raw"
 MONITOR = FIXTURES / "meshes" / "ModelNet10" / "monitor" / "train" / "monitor_0249.binvox"
@@ -159,7 +158,7 @@ def test_cli_sheet_of_the_training_npz(tmp_path):
 
 
 def test_cli_every_dataset_source(tmp_path):
-    from tf3dgan import data
+    from tf3dgan.data import datasets as data
 
     folder = tmp_path / "train"
     folder.mkdir()
@@ -186,7 +185,7 @@ def test_cli_every_dataset_source(tmp_path):
 
 
 def test_sheet_unpacks_only_the_grids_drawn(tmp_path, monkeypatch):
-    from tf3dgan import data
+    from tf3dgan.data import datasets as data
     from tools import convert_to_graph
 
     asked = []

@@ -20,11 +20,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from test_training import replay_rule  # the NumPy transcription of the seed's D rule
 
-from tf3dgan import runs
-from tf3dgan.data import pack
-from tf3dgan.synthetic import make_shapes
-from test_training import replay_rule   # the NumPy transcription of the seed's D rule
+from tf3dgan.data.datasets import pack
+from tf3dgan.data.synthetic import make_shapes
+from tf3dgan.training import runs
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
 
@@ -39,8 +39,8 @@ WORKERS = (("compile_once", "learn_rasgan", "resume", "d_rule_skip", "conv_rewri
 def tf_tiny(res=16, **kw):
     """A tiny TensorFlow trainer (rasgan64, width 1/8, batch 8, 32 boxes; at 16³ D has a BatchNorm
     layer and G a transposed convolution with BatchNorm after it)."""
-    from tf3dgan.models import build_models
-    from tf3dgan.training import GANTrainer
+    from tf3dgan.models.networks import build_models
+    from tf3dgan.training.backends.tensorflow import GANTrainer
 
     g, d = build_models("rasgan64", width=0.125, resolution=res, output_activation="sigmoid")
     return GANTrainer(g, d, DATA[res], res, batch_size=8, seed=3, **kw)
@@ -133,7 +133,7 @@ def test_the_jax_side_runs_without_tensorflow(side):
 
 
 def test_steps_compile_once_and_return_device_arrays_without_host_sync(side):
-    from tf3dgan.training import METRICS
+    from tf3dgan.training.backends.tensorflow import METRICS
 
     r = result(side, "compile_once")
     assert r["trace_count"] == 1                 # 6 calls, new learning rates before each, 2 epochs
@@ -236,7 +236,7 @@ def test_conv_formulations_equal_lax(nd, size, kernel, stride, pads):
     import jax
     from jax import lax
 
-    from tf3dgan.jax_training import conv_lhs_dilated, conv_strided
+    from tf3dgan.training.backends.jax import conv_lhs_dilated, conv_strided
 
     rng = np.random.default_rng(size + kernel)
     x = rng.standard_normal((2,) + (size,) * nd + (3,)).astype(np.float32)
@@ -361,7 +361,7 @@ def test_train_cli_data_parallel_under_jax_resumes_under_tensorflow(tmp_path):
 
 def test_jax_strategies():
     from tf3dgan.errors import Tf3dganError
-    from tf3dgan.jax_training import make_distribution
+    from tf3dgan.training.backends.jax import make_distribution
 
     assert make_distribution("one") is None
     with pytest.raises(Tf3dganError, match="multiworker is TensorFlow's"):

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from tf3dgan import data, metrics, runs
-from tf3dgan.fit import TrainConfig, fit
-from tf3dgan.models import build_from_config
+from tf3dgan import metrics
+from tf3dgan.data import datasets as data
+from tf3dgan.models.networks import build_from_config
+from tf3dgan.training import runs
+from tf3dgan.training.loop import TrainConfig, fit
 
 DATA = "synthetic:boxes:res=16:n=512"
 

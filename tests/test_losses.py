@@ -1,4 +1,4 @@
-"""Tests for tf3dgan.losses against independent float64 NumPy transcriptions of the formulas.
+"""Tests for tf3dgan.models.losses against independent float64 NumPy transcriptions of the formulas.
 
 The references below are written from the textbook definitions (log σ, log(1 − σ)) and
 do not share code with the package.  Moderate logits are compared with the naive
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-from tf3dgan import losses
-from tf3dgan.losses import OBJECTIVES, Objective, d_accuracy, get_objective, gradient_penalty_from_grads
+from tf3dgan.models import losses
+from tf3dgan.models.losses import OBJECTIVES, Objective, d_accuracy, get_objective, gradient_penalty_from_grads
 
 NAMES = ("rasgan", "rsgan", "minimax", "sgan", "wgan-gp")
 SIZES = (1, 7, 24)

@@ -1,4 +1,4 @@
-"""tf3dgan.mesh and tools/convert_to_obj.py."""
+"""tf3dgan.outputs.mesh and tools/convert_to_obj.py."""
 from __future__ import annotations
 
 import errno
@@ -9,12 +9,11 @@ import sys
 import numpy as np
 import pytest
 import trimesh
+from _cli import FIXTURES, REPO, assert_failed_writes_are_one_line, assert_unwritable_output_is_one_line, error_line, tool
 
-from tf3dgan.binvox import read_raw
+from tf3dgan.data.binvox import read_raw
 from tf3dgan.errors import DataError
-from tf3dgan.mesh import EmptyGridError, check_occupied, grid_to_mesh, load_grids
-
-from _cli import FIXTURES, REPO, error_line, tool, assert_failed_writes_are_one_line, assert_unwritable_output_is_one_line
+from tf3dgan.outputs.mesh import EmptyGridError, check_occupied, grid_to_mesh, load_grids
 
 CHAIR = FIXTURES / "chair" / "train" / "chair_0013.raw"
 S = 0.01
@@ -182,7 +181,7 @@ WIN_NPZ = FIXTURES / "modelnet10_chair_64_win_small.npz"
 
 
 def test_cli_dataset_sources(tmp_path):
-    from tf3dgan import data
+    from tf3dgan.data import datasets as data
 
     test_split = data.load_dataset(f"{WIN_NPZ}:test")
     p = tool("convert_to_obj", "-f", f"{WIN_NPZ}:test", "--index", "2", "--mesh", "faces", "-o", tmp_path / "c.ply",

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import jensenshannon
 
-from tf3dgan import data, metrics
+from tf3dgan import metrics
+from tf3dgan.data import datasets as data
 from tf3dgan.metrics import distances, sets
 
 ROOT = Path(__file__).resolve().parents[1]

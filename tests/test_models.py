@@ -1,4 +1,4 @@
-"""Tests for tf3dgan.models: exact parameter counts, layer structure, shapes, initialisation,
+"""Tests for tf3dgan.models.networks: exact parameter counts, layer structure, shapes, initialisation,
 mixed precision, and a JAX-backend smoke run in a subprocess.
 
 Full-size models are only built (cheap); forward passes use ``width=0.125``.
@@ -18,8 +18,16 @@ import numpy as np
 import pytest
 from keras import layers, ops
 
-from tf3dgan.models import (ARCHS, LATENT_DIM, ArchSpec, Discriminator, Generator, build_from_config,
-                            build_models, make_spec)
+from tf3dgan.models.networks import (
+    ARCHS,
+    LATENT_DIM,
+    ArchSpec,
+    Discriminator,
+    Generator,
+    build_from_config,
+    build_models,
+    make_spec,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -468,7 +476,7 @@ JAX_SCRIPT = textwrap.dedent(r"""
     import keras
     from keras import ops
 
-    from tf3dgan import losses, models
+    from tf3dgan.models import losses, networks as models
 
     assert keras.backend.backend() == "jax", keras.backend.backend()
 
@@ -562,7 +570,7 @@ PHASE_CASES = [  # filters, kernel, stride, padding, input size
 def test_phase_conv_transpose_equals_conv3d_transpose(filters, kernel, stride, padding, size):
     import tensorflow as tf
 
-    from tf3dgan.phase_conv import PhaseConv3DTranspose
+    from tf3dgan.models.phase_conv import PhaseConv3DTranspose
 
     rng = np.random.default_rng(kernel * 10 + stride)
     x = tf.constant(rng.standard_normal((2, *size, 3)).astype("float32"))

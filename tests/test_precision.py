@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tf3dgan.data import pack
-from tf3dgan.synthetic import make_shapes
+from tf3dgan.data.datasets import pack
+from tf3dgan.data.synthetic import make_shapes
 
 
 def trainer_in(precision, n=32, **kw):
-    from tf3dgan.models import build_models
-    from tf3dgan.training import GANTrainer
+    from tf3dgan.models.networks import build_models
+    from tf3dgan.training.backends.tensorflow import GANTrainer
 
     g, d = build_models("rasgan64", width=0.125, resolution=8, output_activation="sigmoid", dtype_policy=precision)
     data = pack(make_shapes("boxes", n, 8, seed=1))

@@ -1,4 +1,4 @@
-"""tools/render_class_view.py and tf3dgan.render: Blender renders of real ModelNet chairs, and one-line errors.
+"""tools/render_class_view.py and tf3dgan.outputs.render: Blender renders of real ModelNet chairs, and one-line errors.
 
 The render tests need Blender (apt-get install blender) and are skipped without it; the error tests do not.
 """
@@ -9,11 +9,10 @@ import sys
 
 import numpy as np
 import pytest
-
-from tf3dgan.binvox import read_raw
-from tf3dgan.mesh import export_mesh, grid_to_mesh
-
 from _cli import FIXTURES, error_line, tool
+
+from tf3dgan.data.binvox import read_raw
+from tf3dgan.outputs.mesh import export_mesh, grid_to_mesh
 
 CHAIR_RAW = FIXTURES / "chair" / "train" / "chair_0013.raw"    # binvox -d 64 of ModelNet10 chair_0013
 needs_blender = pytest.mark.skipif(shutil.which("blender") is None,
@@ -180,8 +179,8 @@ def test_blender_command_numbers():
     """Negative and tiny numbers reach Blender's argparse as values, not options."""
     from pathlib import Path
 
-    from tf3dgan.blender_scene import parse_args, parse_color, spherical
-    from tf3dgan.render import View, blender_command
+    from tf3dgan.outputs.blender_scene import parse_args, parse_color, spherical
+    from tf3dgan.outputs.render import View, blender_command
 
     cmd = blender_command("blender", Path("/m.obj"), "obj", [(View(-30, -1e-5, -400, 2), Path("/o.png"))],
                           engine="cycles", samples=4, resolution=32, color=parse_color("#8fb8de"))

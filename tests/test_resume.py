@@ -13,12 +13,12 @@ import time
 
 import numpy as np
 import pytest
-
 from _cli import REPO, TINY, error_line, start_tool, stop_when, tool, tool_env
-from tf3dgan import runs
+
+from tf3dgan.data.synthetic import make_shapes
 from tf3dgan.errors import Tf3dganError, WriteError
-from tf3dgan.plan import TrainConfig, prepare
-from tf3dgan.synthetic import make_shapes
+from tf3dgan.training import runs
+from tf3dgan.training.plan import TrainConfig, prepare
 
 
 def _boxes_npz(folder, n=24, seed=4):
@@ -83,7 +83,7 @@ def _tiny(tmp_path, **kw):
 
 
 def test_a_flag_given_with_l_wins_and_is_announced(tmp_path, capsys):
-    from tf3dgan.fit import fit
+    from tf3dgan.training.loop import fit
 
     run = fit(_tiny(tmp_path))
     before = runs.read_config(run)
@@ -106,7 +106,7 @@ def test_a_flag_given_with_l_wins_and_is_announced(tmp_path, capsys):
 
 
 def test_resumes_that_cannot_train_say_what_to_do(tmp_path):
-    from tf3dgan.fit import fit
+    from tf3dgan.training.loop import fit
 
     run = fit(_tiny(tmp_path, epochs=3))
     config = (run / "config.json").read_bytes()
@@ -173,7 +173,7 @@ def test_latest_is_its_own_file_so_an_earlier_checkpoint_survives_its_damage(tmp
 
 
 def test_an_unwritable_or_full_run_folder_is_one_line(tmp_path, monkeypatch):
-    from tf3dgan.fit import fit
+    from tf3dgan.training.loop import fit
 
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
@@ -193,8 +193,8 @@ def test_an_unwritable_or_full_run_folder_is_one_line(tmp_path, monkeypatch):
 
 
 def test_outputs_name_the_model_and_share_one_step_axis(tmp_path):
-    from tf3dgan.fit import fit
     from tf3dgan.spec import describe, make_spec
+    from tf3dgan.training.loop import fit
 
     assert describe(make_spec("rasgan64", 0.25, 32)) == "rasgan64 32³ ×0.25"
     assert describe(make_spec("3dgan32")) == "3dgan32 32³"
@@ -211,7 +211,7 @@ def test_outputs_name_the_model_and_share_one_step_axis(tmp_path):
 
 
 def test_the_hint_of_a_console_script_and_of_the_api():
-    from tf3dgan.plan import resume_command
+    from tf3dgan.training.plan import resume_command
 
     saved = sys.argv[:]
     try:
@@ -227,7 +227,7 @@ def test_the_hint_of_a_console_script_and_of_the_api():
 
 
 def test_resume_refusals_found_by_review(tmp_path):
-    from tf3dgan.fit import fit
+    from tf3dgan.training.loop import fit
 
     run = fit(_tiny(tmp_path, epochs=1, eval_every=1, eval_count=4, validation_data=""))   # holds 4 grids back
     assert runs.read_config(run)["data"]["count"] == 28

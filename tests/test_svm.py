@@ -12,13 +12,12 @@ import json
 import keras
 import numpy as np
 import pytest
+from _cli import REPO
 
-from tf3dgan import runs
 from tf3dgan.errors import Tf3dganError
 from tf3dgan.metrics import svm
-from tf3dgan.models import build_models
-
-from _cli import REPO
+from tf3dgan.models.networks import build_models
+from tf3dgan.training import runs
 
 DATA = REPO.parent / "shared" / "data" / "voxels"
 needs_data = pytest.mark.skipif(not all(svm.class_file(DATA, c).is_file() for c in svm.CLASSES),

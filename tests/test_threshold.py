@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
 from _cli import error_line, tool
-from tf3dgan import runs
+
+from tf3dgan.training import runs
 
 
 def _fake_run(folder, output_activation):

@@ -37,9 +37,9 @@ _WORKER = r"""
 import contextlib, io, json, math, runpy, sys
 import numpy as np
 import torch
-from tf3dgan import losses
-from tf3dgan.benchmark import step_flops
-from tf3dgan.models import build_models as keras_models
+from tf3dgan.models import losses
+from tf3dgan.perf.benchmark import step_flops
+from tf3dgan.models.networks import build_models as keras_models
 root, small, steps, cli = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3]), json.loads(sys.argv[4])
 sys.path.insert(0, root + "/benchmarks")
 import torch_reference as ref

@@ -6,16 +6,16 @@ import json
 import numpy as np
 import pytest
 
-from tf3dgan import runs
-from tf3dgan.data import pack
+from tf3dgan.data.datasets import pack
+from tf3dgan.data.synthetic import make_shapes
 from tf3dgan.errors import CheckpointError, Tf3dganError
-from tf3dgan.fit import TrainConfig, fit, lr_at, parse_lr_schedule
-from tf3dgan.synthetic import make_shapes
+from tf3dgan.training import runs
+from tf3dgan.training.loop import TrainConfig, fit, lr_at, parse_lr_schedule
 
 
 def tiny_trainer(loss="rasgan", d_rule=None, n=32, batch=8, **kw):
-    from tf3dgan.models import build_models
-    from tf3dgan.training import GANTrainer
+    from tf3dgan.models.networks import build_models
+    from tf3dgan.training.backends.tensorflow import GANTrainer
 
     g, d = build_models("rasgan64", width=0.125, resolution=8, output_activation="sigmoid")
     data = pack(make_shapes("boxes", n, 8, seed=1))

@@ -1,4 +1,4 @@
-"""The built-in binvox voxelizer (tf3dgan.voxelize) and tools/convert_data.py, check_voxelizer.py."""
+"""The built-in binvox voxelizer (tf3dgan.data.voxelize) and tools/convert_data.py, check_voxelizer.py."""
 from __future__ import annotations
 
 import filecmp
@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from tf3dgan import binvox, data
-from tf3dgan import voxelize as V
-from tf3dgan.errors import DataError, Tf3dganError
-
 from _cli import FIXTURES, error_line, tool
+
+from tf3dgan.data import binvox
+from tf3dgan.data import datasets as data
+from tf3dgan.data import voxelize as V
+from tf3dgan.errors import DataError, Tf3dganError
 
 MESHES = FIXTURES / "meshes"
 MODELNET = MESHES / "ModelNet10"
@@ -344,7 +344,7 @@ def test_check_voxelizer_no_references(tmp_path):
 
 
 def test_check_voxelizer_library_reports_unreadable_meshes(tmp_path):
-    from tf3dgan.voxel_check import check_voxelizer, format_table
+    from tf3dgan.data.voxel_check import check_voxelizer, format_table
 
     src = MODELNET / "table" / "train"
     for name in ("table_0151.off", "table_0151.binvox"):
@@ -493,7 +493,7 @@ def test_folder_named_like_a_mesh_is_reported(tmp_path):
     line = error_line(tool("convert_data", "-m", empty, "--no-progress"))
     assert "no mesh files" in line and "1 entry named like one is not a file" in line
     # check_voxelizer reports it too
-    from tf3dgan.voxel_check import check_voxelizer
+    from tf3dgan.data.voxel_check import check_voxelizer
 
     result = check_voxelizer(root, root, methods=["binvox"])   # the .raw files just written are references
     assert result.warnings == (lines[0],) and len(result.rows["binvox --dim 64  vs  X.raw"]) == 2

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import write_error
+from tf3dgan.errors import write_error
 
 TEMP_PREFIX = "."   # temporary files are hidden: ".<stem>-<random><suffix>"
 
@@ -59,7 +59,7 @@ def check_output_folder(folder: str | os.PathLike) -> None:
     it is, also for root, whom the system lets write there). Raises :class:`~tf3dgan.errors.WriteError`
     naming it; a folder that passes can still fill up, which :func:`atomic_path` reports when it happens.
     Every tool calls it for its outputs."""
-    from .errors import WriteError
+    from tf3dgan.errors import WriteError
 
     folder = Path(folder)
     for p in (folder, *folder.parents):

@@ -7,7 +7,7 @@ import sys
 import tempfile
 from typing import Callable
 
-from .errors import Tf3dganError
+from tf3dgan.errors import Tf3dganError
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

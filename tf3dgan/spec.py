@@ -2,14 +2,14 @@
 
 :func:`make_spec` validates the model flags and fills in an architecture's defaults; the tools
 call it before TensorFlow loads, so a bad ``--width`` or ``--resolution`` answers at once.
-:mod:`tf3dgan.models` builds the networks from an :class:`ArchSpec`.
+:mod:`tf3dgan.models.networks` builds the networks from an :class:`ArchSpec`.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
 
-from .choices import ARCHS, OUTPUT_ACTIVATIONS
+from tf3dgan.choices import ARCHS, OUTPUT_ACTIVATIONS
 
 LATENT_DIM = 200
 _NATIVE_RESOLUTION = {"rasgan64": 64, "3dgan32": 32}

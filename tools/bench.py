@@ -16,13 +16,13 @@ import os
 import subprocess
 import sys
 
+from tf3dgan.atomic import check_output_folder
 from tf3dgan.choices import ARCHS, BACKENDS, IMPLEMENTATIONS, OBJECTIVES, PRECISIONS
 from tf3dgan.cli import HelpFormatter, keras_backend, run_tool
 from tf3dgan.errors import Tf3dganError
-from tf3dgan.atomic import check_output_folder
 from tf3dgan.spec import make_spec
 
-# TensorFlow/Keras load only in run() (tf3dgan.benchmark), after the flags are checked: --help and a
+# TensorFlow/Keras load only in run() (tf3dgan.perf.benchmark), after the flags are checked: --help and a
 # bad flag answer at once.
 
 _XLA = {"off": [False], "on": [True], "both": [False, True]}
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train steps per compiled call [default: 1]")
     p.add_argument("--conv-transpose", nargs="+", default=["native"], choices=IMPLEMENTATIONS,
                    help="G's transposed convolutions: native (Conv3DTranspose) and/or phase (one stride-1 "
-                        "convolution + interleave, tf3dgan.phase_conv) [default: native]")
+                        "convolution + interleave, tf3dgan.models.phase_conv) [default: native]")
     p.add_argument("--width", type=float, default=1.0, help="channel-width multiplier")
     p.add_argument("--resolution", type=int, default=None, help="grid size [default: the architecture's native one]")
     p.add_argument("--steps", type=int, default=10, help="timed calls per configuration; the median is reported")
@@ -131,7 +131,7 @@ def _axes(args: argparse.Namespace, backend: str) -> dict[str, list]:
 
 
 def _configs(args: argparse.Namespace):
-    from tf3dgan.benchmark import bench_grid
+    from tf3dgan.perf.benchmark import bench_grid
 
     here = BACKENDS.get(keras_backend())
     for backend in dict.fromkeys(args.backend):
@@ -149,8 +149,8 @@ def _configs(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from tf3dgan.benchmark import TABLE_HEADER, config_label, format_row
-    from tf3dgan.profiling import format_kernels
+    from tf3dgan.perf.benchmark import TABLE_HEADER, config_label, format_row
+    from tf3dgan.perf.profiling import format_kernels
 
     results = []
     if not args.json:

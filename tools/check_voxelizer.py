@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Compare the built-in voxelizer with binvox reference files: mean / min IoU per method
-(``tf3dgan.voxel_check`` says how references are named).
+(``tf3dgan.data.voxel_check`` says how references are named).
 
 Example: python tools/check_voxelizer.py shared/data/binvox_reference shared/data/modelnet_sample -v
 """
@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from tf3dgan.cli import HelpFormatter, run_tool
-from tf3dgan.voxel_check import check_voxelizer, format_table
+from tf3dgan.data.voxel_check import check_voxelizer, format_table
 
 
 def compare(args: argparse.Namespace) -> None:

@@ -19,8 +19,8 @@ import sys
 import time
 
 from tf3dgan.cli import HelpFormatter, run_tool
+from tf3dgan.data.voxelize import DEFAULT_METHOD, DEFAULT_TIMEOUT, METHODS, OUTPUT_FORMATS, ConvertOptions, convert_tree
 from tf3dgan.errors import Tf3dganError
-from tf3dgan.voxelize import DEFAULT_METHOD, DEFAULT_TIMEOUT, METHODS, OUTPUT_FORMATS, ConvertOptions, convert_tree
 
 
 def build_parser() -> argparse.ArgumentParser:

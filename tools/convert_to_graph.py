@@ -14,11 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-from tf3dgan.choices import COLORMAPS, DEFAULT_VIEW, GRAPH_STYLES as STYLES
+from tf3dgan.choices import COLORMAPS, DEFAULT_VIEW
+from tf3dgan.choices import GRAPH_STYLES as STYLES
 from tf3dgan.cli import HelpFormatter, run_tool
 from tf3dgan.errors import Tf3dganError
 
-# tf3dgan.plots imports matplotlib and SciPy (a second or more): imported only to draw, so --help answers at once.
+# tf3dgan.outputs.plots imports matplotlib and SciPy (a second or more): imported only to draw, so --help answers at once.
 PICTURE_TYPES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
 
 
@@ -73,7 +74,7 @@ def _limit(args, sheet) -> int | None:
 
 def draw(args, source, target: Path, sheet) -> str | None:
     """Draw ``source`` (a GridSource) to ``target``: grid --index, or a sheet; returns a note on empty panels."""
-    from tf3dgan.mesh import check_occupied, empty_grids, empty_note
+    from tf3dgan.outputs.mesh import check_occupied, empty_grids, empty_note
 
     style = dict(threshold=args.threshold, colormap=COLORMAPS[args.colormap], up_axis=args.up_axis,
                  view=tuple(args.view), style=args.style)
@@ -85,7 +86,7 @@ def draw(args, source, target: Path, sheet) -> str | None:
         empty = empty_grids(grids, args.threshold)
         if len(empty) == len(indices) == 1:
             check_occupied(grids[0], args.threshold, source.label(0))
-        from tf3dgan import plots   # matplotlib and SciPy: only once there is something to draw
+        from tf3dgan.outputs import plots  # matplotlib and SciPy: only once there is something to draw
 
         plots.save_voxel_sheet(target, grids, titles, rows, cols, title=Path(source.spec).name or source.spec,
                                tile=args.tile, **style)
@@ -93,7 +94,7 @@ def draw(args, source, target: Path, sheet) -> str | None:
     i = source.index(0 if args.index is None else args.index)
     grid = source.grids([i])[0]
     check_occupied(grid, args.threshold, source.label(i))
-    from tf3dgan import plots
+    from tf3dgan.outputs import plots
 
     title = f"{source.stem}[{i}]" if source.names is None and len(source) > 1 else source.title(i)
     plots.save_voxel_graph(target, grid, title, **style)
@@ -101,8 +102,8 @@ def draw(args, source, target: Path, sheet) -> str | None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from tf3dgan.mesh import EmptyGridError, check_output, open_grids
-    from tf3dgan.runs import sample_files, threshold_for
+    from tf3dgan.outputs.mesh import EmptyGridError, check_output, open_grids
+    from tf3dgan.training.runs import sample_files, threshold_for
 
     sheet = parse_grid(args.grid)
     if not 0.5 <= args.tile <= 20:

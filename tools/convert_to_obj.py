@@ -15,8 +15,17 @@ from pathlib import Path
 
 from tf3dgan.cli import HelpFormatter, run_tool
 from tf3dgan.errors import DataError, Tf3dganError
-from tf3dgan.mesh import (DEFAULT_SCALE, FORMATS, MESH_KINDS, EmptyGridError, check_output,
-                          empty_note, export_mesh, grid_to_mesh, open_grids)
+from tf3dgan.outputs.mesh import (
+    DEFAULT_SCALE,
+    FORMATS,
+    MESH_KINDS,
+    EmptyGridError,
+    check_output,
+    empty_note,
+    export_mesh,
+    grid_to_mesh,
+    open_grids,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +64,7 @@ def _mesh(args, grid, name):
 
 
 def convert_run(args, fmt: str) -> None:
-    from tf3dgan.runs import sample_files, threshold_for
+    from tf3dgan.training.runs import sample_files, threshold_for
 
     folder, files = sample_files(args.out, args.name, "convert")
     args.threshold, _ = threshold_for(run_dir=folder, given=args.threshold)
@@ -81,7 +90,7 @@ def convert_run(args, fmt: str) -> None:
 
 
 def convert_file(args, fmt: str) -> None:
-    from tf3dgan.runs import threshold_for
+    from tf3dgan.training.runs import threshold_for
 
     args.threshold, _ = threshold_for(args.file, given=args.threshold)
     i = 0 if args.index is None else args.index

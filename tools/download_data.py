@@ -13,8 +13,8 @@ import argparse
 import sys
 
 from tf3dgan.cli import HelpFormatter, run_tool
+from tf3dgan.data.modelnet import DATASETS, Dataset, human_size, needs_download, prepare
 from tf3dgan.errors import Tf3dganError
-from tf3dgan.modelnet import DATASETS, Dataset, human_size, needs_download, prepare
 
 MENU = {"1": "modelnet10", "2": "modelnet40-aligned"}
 

@@ -60,9 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    from tf3dgan import evaluation
     from tf3dgan.errors import Tf3dganError
-    from tf3dgan.metrics import describe
+    from tf3dgan.metrics import describe, evaluation
 
     if args.svm and args.name is None:
         raise Tf3dganError("--svm scores a run's discriminator: give -n RUN")

@@ -22,8 +22,8 @@ from tf3dgan.errors import Tf3dganError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tf3dgan.mesh import MESH_KINDS         # NumPy only
-    from tf3dgan.sampling import INTERPOLATIONS
+    from tf3dgan.outputs.mesh import MESH_KINDS  # NumPy only
+    from tf3dgan.outputs.sampling import INTERPOLATIONS
 
     p = argparse.ArgumentParser(description="Generate voxel shapes with a trained generator.",
                                 formatter_class=HelpFormatter)
@@ -60,10 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from tf3dgan import runs, sampling
-    from tf3dgan.atomic import atomic_path
-    from tf3dgan.atomic import check_output_folder
+    from tf3dgan.atomic import atomic_path, check_output_folder
+    from tf3dgan.outputs import sampling
     from tf3dgan.spec import describe
+    from tf3dgan.training import runs
 
     if args.name is None and args.weights is None:
         raise Tf3dganError("say which generator: -n RUN (optionally -le EPOCH) or --weights FILE")
@@ -108,14 +108,14 @@ def run(args: argparse.Namespace) -> None:
         np.save(tmp, z)
     wrote = [f"{target} {tuple(grids.shape)}"]
     if args.sheet:
-        from tf3dgan import plots
+        from tf3dgan.outputs import plots
 
         sheet = plots.save_voxel_sheet(dest / f"{stem}.png", grids, titles, rows, cols, style=args.style,
                                        threshold=threshold, colormap=COLORMAPS[args.colormap],
                                        title=f"{describe(spec)} from {source.name}")
         wrote.append(str(sheet))
     if args.obj:
-        from tf3dgan import mesh
+        from tf3dgan.outputs import mesh
 
         empty = 0
         for i, g in enumerate(grids):

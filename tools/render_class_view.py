@@ -13,9 +13,21 @@ import sys
 
 from tf3dgan.cli import HelpFormatter, run_tool
 from tf3dgan.errors import Tf3dganError
-from tf3dgan.render import (DEFAULT_AZIMUTH, DEFAULT_COLOR, DEFAULT_DISTANCE, DEFAULT_ELEVATION, DEFAULT_ENGINE,
-                            DEFAULT_RESOLUTION, DEFAULT_SAMPLES, DEFAULT_TILT, DEFAULT_TIMEOUT, ENGINES, View,
-                            read_views, render)
+from tf3dgan.outputs.render import (
+    DEFAULT_AZIMUTH,
+    DEFAULT_COLOR,
+    DEFAULT_DISTANCE,
+    DEFAULT_ELEVATION,
+    DEFAULT_ENGINE,
+    DEFAULT_RESOLUTION,
+    DEFAULT_SAMPLES,
+    DEFAULT_TILT,
+    DEFAULT_TIMEOUT,
+    ENGINES,
+    View,
+    read_views,
+    render,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

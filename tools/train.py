@@ -10,7 +10,7 @@ import sys
 
 from tf3dgan.choices import ARCHS, D_RULES, GRAPH_STYLES, IMPLEMENTATIONS, OBJECTIVES, OUTPUT_ACTIVATIONS, PRECISIONS, STRATEGIES
 from tf3dgan.cli import HelpFormatter, explicit_flags, run_tool
-from tf3dgan.plan import TrainConfig
+from tf3dgan.training.plan import TrainConfig
 
 D = TrainConfig()
 
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     given = explicit_flags(parser, argv)
 
     def train():
-        from tf3dgan.fit import fit   # TensorFlow loads only after the settings, run and data are checked
+        from tf3dgan.training.loop import fit  # TensorFlow loads only after the settings, run and data are checked
 
         fit(TrainConfig(**vars(args)), given=given)
 

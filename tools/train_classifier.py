@@ -96,9 +96,9 @@ def data_files(data_dir: str) -> list[Path]:
 
 
 def check_out(folder: Path) -> None:
-    from tf3dgan.data import read_only_folder
-    from tf3dgan.errors import write_error
     from tf3dgan.atomic import check_output_folder
+    from tf3dgan.data.datasets import read_only_folder
+    from tf3dgan.errors import write_error
 
     check_output_folder(folder)
     existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
@@ -113,7 +113,7 @@ def load_split(files: list[Path], split: str, limit: int | None):
     """Packed 32³ grids (N, 4096) and labels (N,) of one split of the ten classes."""
     import numpy as np
 
-    from tf3dgan.data import load_dataset
+    from tf3dgan.data.datasets import load_dataset
 
     packed, labels, names = [], [], []
     for label, path in enumerate(files):
@@ -179,7 +179,7 @@ def print_report(report: dict, title: str) -> None:
 
 
 def evaluate(args: argparse.Namespace, files: list[Path]) -> None:
-    from tf3dgan.data import unpack
+    from tf3dgan.data.datasets import unpack
     from tf3dgan.metrics.classifier import load_classifier
 
     packed, labels, _ = load_split(files, "test", args.limit)
@@ -203,7 +203,7 @@ def train(args: argparse.Namespace, files: list[Path], out: Path, argv: list[str
     import keras
     import numpy as np
 
-    from tf3dgan.data import unpack
+    from tf3dgan.data.datasets import unpack
     from tf3dgan.metrics import classifier as C
 
     say = (lambda *a: None) if (args.quiet or args.json) else (lambda *a: print(*a, flush=True))
@@ -268,7 +268,7 @@ def train(args: argparse.Namespace, files: list[Path], out: Path, argv: list[str
     data_note = {"files": [{"name": f.name, "bytes": f.stat().st_size, "sha256": _sha256(f)} for f in files],
                  "splits": "train (minus validation) / validation from train / test",
                  "n_train": int(len(tr_y)), "n_validation": int(len(va_y)), "n_test": int(len(test_labels)),
-                 "resolution": 32, "pooling": "64³ → 32³ OR-pooling (tf3dgan.data.load_dataset(resolution=32))",
+                 "resolution": 32, "pooling": "64³ → 32³ OR-pooling (tf3dgan.data.datasets.load_dataset(resolution=32))",
                  "limit_per_class": args.limit}
     provenance = {
         "version": args.tag, "weights_file": WEIGHTS_NAME, "weights_bytes": weights_path.stat().st_size,

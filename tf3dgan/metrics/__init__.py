@@ -7,11 +7,20 @@
 
 FID/KID (:mod:`.features`, :mod:`.classifier`) are imported only when asked for.
 """
-from .distances import VoxelBits, as_bits, chamfer_distances, iou_distances, surface_point_sets, surface_points
-from .matching import binarize, iou_matrix, sample_quality
-from .registry import (ALL, DEFAULT, KEY_INFO, describe, evaluate_sets, is_valid_metric, list_metrics, metric_keys,
-                       register_metric)
-from .sets import coverage, jsd, jsd_counts, mmd, nearest_references, nna, occupancy
+from tf3dgan.metrics.distances import VoxelBits, as_bits, chamfer_distances, iou_distances, surface_point_sets, surface_points
+from tf3dgan.metrics.matching import binarize, iou_matrix, sample_quality
+from tf3dgan.metrics.registry import (
+                       ALL,
+                       DEFAULT,
+                       KEY_INFO,
+                       describe,
+                       evaluate_sets,
+                       is_valid_metric,
+                       list_metrics,
+                       metric_keys,
+                       register_metric,
+)
+from tf3dgan.metrics.sets import coverage, jsd, jsd_counts, mmd, nearest_references, nna, occupancy
 
 __all__ = [
     "binarize", "iou_matrix", "sample_quality",

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DataError, Tf3dganError
+from tf3dgan.errors import DataError, Tf3dganError
 
 CLASSES = ("bathtub", "bed", "chair", "desk", "dresser", "monitor", "night_stand", "sofa", "table", "toilet")
 RESOLUTION = 32
@@ -87,7 +87,7 @@ def build_model(architecture: dict | None = None, num_classes: int = len(CLASSES
 
 def prepare_grids(grids, threshold: float = 0.5, resolution: int = RESOLUTION) -> np.ndarray:
     """``grids`` as float32 ``(N, R, R, R, 1)`` of 0/1 for the network (see the module docstring)."""
-    from .. import data
+    from tf3dgan.data import datasets as data
 
     array = np.asarray(grids)
     if array.dtype.kind not in "biuf":
@@ -182,7 +182,7 @@ def save_weights(model, path: str | os.PathLike, meta: dict) -> Path:
     """Atomically write ``model``'s weights and ``meta`` (version, classes, architecture, resolution)
     as one ``.npz``: ``meta`` (JSON text), ``weight_names`` and ``w000``, ``w001``, ... in
     ``model.weights`` order (float32)."""
-    from ..atomic import atomic_path
+    from tf3dgan.atomic import atomic_path
 
     for key in ("version", "classes", "architecture", "resolution"):
         if key not in meta:

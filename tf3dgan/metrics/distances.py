@@ -3,11 +3,11 @@
 Shape sets are accepted as
 
 * grids ``(N, D, D, D)`` or ``(N, D, D, D, 1)``: bool/int voxels are occupied when nonzero, float
-  voxels when > 0.5 (the rule of :func:`tf3dgan.data.binarize`, so generator outputs in [0, 1]
+  voxels when > 0.5 (the rule of :func:`tf3dgan.data.datasets.binarize`, so generator outputs in [0, 1]
   can be passed as they are);
 * packed bits: a 2-D uint8 array ``(N, D³/8)`` of ``np.packbits`` rows (``VoxelDataset.packed``,
   the layout of ``shared/data/voxels/*.npz``);
-* a :class:`tf3dgan.data.VoxelDataset`.
+* a :class:`tf3dgan.data.datasets.VoxelDataset`.
 
 Conventions (the set metrics of :mod:`tf3dgan.metrics.sets` rely on them):
 
@@ -49,7 +49,7 @@ class VoxelBits:
                 if shapes.ndim != 4 or not shapes.shape[1] == shapes.shape[2] == shapes.shape[3]:
                     raise ValueError(f"expected grids (N, D, D, D) or packed bits (N, D³/8) uint8, "
                                      f"got shape {shapes.shape} {shapes.dtype}")
-                from ..data import pack
+                from tf3dgan.data.datasets import pack
                 self.dim = int(shapes.shape[1])
                 self.packed = pack(shapes) if len(shapes) else np.zeros((0, self.dim ** 3 // 8), np.uint8)
         self.voxels = self.dim ** 3
@@ -179,7 +179,7 @@ def surface_points(grid, n: int = DEFAULT_POINTS, seed=0) -> np.ndarray:
     (nearly) the same points.  Returns float64 ``(n, 3)`` in the grid's axis order; an empty
     grid gives ``n`` rows of NaN.
     """
-    from ..data import binarize
+    from tf3dgan.data.datasets import binarize
     grid = binarize(grid)
     if grid.ndim == 4 and grid.shape[-1] == 1:
         grid = grid[..., 0]

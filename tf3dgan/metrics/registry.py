@@ -42,8 +42,8 @@ from typing import Callable
 
 import numpy as np
 
-from . import sets
-from .distances import DEFAULT_POINTS, VoxelBits, as_bits, chamfer_distances, iou_distances, surface_point_sets
+from tf3dgan.metrics import sets
+from tf3dgan.metrics.distances import DEFAULT_POINTS, VoxelBits, as_bits, chamfer_distances, iou_distances, surface_point_sets
 
 CLASSIFIER_RESOLUTION = 32
 
@@ -184,7 +184,7 @@ class Context:
     def load_classifier(self):
         if self.classifier is None:
             t = time.perf_counter()
-            from .classifier import load_classifier
+            from tf3dgan.metrics.classifier import load_classifier
             self.classifier = load_classifier()
             self.seconds["classifier"] = time.perf_counter() - t
             if self.shared is not None:
@@ -206,7 +206,7 @@ def classifier_grids(bits: VoxelBits) -> np.ndarray:
     if bits.dim % CLASSIFIER_RESOLUTION or factor & (factor - 1):
         raise ValueError(f"fid/kid need grids of side 32 or 32·2^k (the classifier's input is 32³), "
                          f"got {bits.dim}³")
-    from ..data import pool, unpack
+    from tf3dgan.data.datasets import pool, unpack
     return unpack(pool(bits.packed, bits.dim, factor, 1), CLASSIFIER_RESOLUTION)
 
 
@@ -238,7 +238,7 @@ def _jsd(ctx: Context, pair: Pair) -> dict:
 
 @register_metric("fid", ("fid",), "Fréchet distance of classifier features")
 def _fid(ctx: Context, pair: Pair) -> dict:
-    from .features import frechet_distance
+    from tf3dgan.metrics.features import frechet_distance
     fs, fr = ctx.features(pair.s)[pair.si], ctx.features(pair.r)[pair.ri]
     if min(len(fs), len(fr)) < 2:           # a half-size subset of 2 or 3 shapes: no covariance
         return {"fid": math.nan}
@@ -251,7 +251,7 @@ KID_SUBSET_SIZE = 1000
 
 @register_metric("kid", ("kid",), "kernel distance of classifier features")
 def _kid(ctx: Context, pair: Pair) -> dict:
-    from .features import kernel_distance
+    from tf3dgan.metrics.features import kernel_distance
     fs, fr = ctx.features(pair.s)[pair.si], ctx.features(pair.r)[pair.ri]
     if min(len(fs), len(fr)) < 2:
         return {"kid": math.nan}

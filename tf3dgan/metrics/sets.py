@@ -98,7 +98,7 @@ def nna(d_ss, d_rr, d_sr, *, per_set: bool = False):
 def occupancy(shapes) -> np.ndarray:
     """Per voxel, the number of shapes of the set occupying it → int64 ``(D³,)`` (shape sets as in
     :mod:`tf3dgan.metrics.distances`)."""
-    from .distances import as_bits
+    from tf3dgan.metrics.distances import as_bits
     bits = as_bits(shapes)
     counts = np.zeros(bits.voxels, np.int64)
     step = max(1, (64 << 20) // bits.voxels)

@@ -44,7 +44,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from ..errors import CheckpointError, DataError, Tf3dganError
+from tf3dgan.errors import CheckpointError, DataError, Tf3dganError
 
 __all__ = ["CLASSES", "DEFAULT_CS", "DEFAULT_DATA_DIR", "PAPER_ACCURACY", "LinearSVM", "class_file", "d_features",
            "feature_layers", "fit_linear_svm", "load_discriminator", "load_modelnet10", "svm_protocol",
@@ -58,7 +58,7 @@ DEFAULT_FOLDS = 5
 DEFAULT_BATCH = 64
 #: 3D-GAN's ModelNet10 accuracy with this protocol (Wu et al. 2016, Table 1).
 PAPER_ACCURACY = 0.910
-INIT_STD = 0.02   # the seeds' N(0, 0.02) kernel initialisation (tf3dgan.models)
+INIT_STD = 0.02   # the seeds' N(0, 0.02) kernel initialisation (tf3dgan.models.networks)
 
 
 def class_file(data_dir: str | Path, name: str) -> Path:
@@ -76,8 +76,8 @@ def load_discriminator(run_dir: str | Path, epoch: int | None = None, dtype_poli
     checkpoint read: ``checkpoints/ckpt-<epoch>.npz`` or, for ``epoch=None``, ``checkpoints/latest.npz``.
     ``D.checkpoint_meta`` holds the checkpoint's metadata (``epoch``, ``step_in_epoch``, ...).
     A missing folder or checkpoint, or weights that do not fit, is a one-line Tf3dganError."""
-    from .. import runs
-    from ..models import build_from_config
+    from tf3dgan.models.networks import build_from_config
+    from tf3dgan.training import runs
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -113,7 +113,7 @@ def untrained_discriminator(model: dict, seed: int = 0, dtype_policy: str | None
     ``D.weights`` order), biases 0, BatchNorm gamma 1, beta 0, moving mean 0, moving variance 1."""
     import keras
 
-    from ..models import build_from_config
+    from tf3dgan.models.networks import build_from_config
 
     try:
         _, discriminator = build_from_config(model, dtype_policy=dtype_policy)
@@ -261,7 +261,7 @@ class _Extractor:
         return out
 
     def _source(self, data):
-        from ..data import VoxelDataset
+        from tf3dgan.data.datasets import VoxelDataset
 
         r = self.resolution
         if isinstance(data, VoxelDataset):
@@ -281,7 +281,7 @@ class _Extractor:
 def d_features(discriminator, grids, batch: int = DEFAULT_BATCH, layers: Iterable[int] | None = None,
                grid: int = DEFAULT_GRID) -> np.ndarray:
     """The SVM features of ``grids`` (``(N, R, R, R)`` or ``(N, R, R, R, 1)`` occupancies, a
-    :class:`~tf3dgan.data.VoxelDataset` of ``R³`` grids, or a list of them, in order): float32 ``(N, F)``,
+    :class:`~tf3dgan.data.datasets.VoxelDataset` of ``R³`` grids, or a list of them, in order): float32 ``(N, F)``,
     computed ``batch`` grids at a time.
 
     ``layers``: 1-based numbers of :func:`feature_layers` (None = all); each output is max-pooled to
@@ -297,7 +297,7 @@ def load_modelnet10(data_dir: str | Path = DEFAULT_DATA_DIR, resolution: int = 3
                     pool_min: int = 1, classes: Iterable[str] = CLASSES) -> dict:
     """The ten classes' ``train`` and ``test`` splits pooled to ``resolution``: ``{"train": [(class, dataset),
     ...], "test": [...]}`` (``limit``: the first ``limit`` grids of each class and split)."""
-    from ..data import load_dataset
+    from tf3dgan.data.datasets import load_dataset
 
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -383,7 +383,7 @@ def fit_linear_svm(features, labels, Cs: Iterable[float] = DEFAULT_CS, folds: in
 def _run_pool_min(run_dir: Path | None) -> int:
     if run_dir is None:
         return 1
-    from .. import runs
+    from tf3dgan.training import runs
 
     try:
         value = runs.read_config(run_dir).get("data", {}).get("pool_min", 1)
@@ -430,7 +430,7 @@ def svm_protocol(run_dir: str | Path | None = None, epoch: int | None = None,
     step_in_epoch = None
     if untrained:
         if model is None:
-            from .. import runs
+            from tf3dgan.training import runs
             if not run.is_dir():
                 raise Tf3dganError(f"{run}: no such run folder")
             model = runs.read_config(run).get("model")

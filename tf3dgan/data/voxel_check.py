@@ -15,9 +15,9 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from . import binvox
-from .errors import DataError, Tf3dganError
-from .voxelize import find_meshes, iou, read_mesh, voxelize_mesh
+from tf3dgan.data import binvox
+from tf3dgan.data.voxelize import find_meshes, iou, read_mesh, voxelize_mesh
+from tf3dgan.errors import DataError, Tf3dganError
 
 __all__ = ["Check", "CheckResult", "references", "check_voxelizer", "format_table"]
 

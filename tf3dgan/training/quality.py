@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_text
+from tf3dgan.atomic import write_text
 
 METRICS_FILE = "metrics.jsonl"
 #: The metrics computed during training: the fast ones (no surface sampling, no classifier).
@@ -66,7 +66,7 @@ class Evaluator:
 
     def evaluate(self, generate, epoch: int, step: int) -> tuple[dict, bool]:
         """Score the generator at ``epoch``; append the line to ``metrics.jsonl``; returns (record, best so far)."""
-        from .metrics import evaluate_sets
+        from tf3dgan.metrics import evaluate_sets
 
         samples = self.samples(generate)
         result = evaluate_sets(samples, self.reference, metrics=self.metrics, seed=self.seed, spread_subsets=0,
@@ -93,7 +93,7 @@ class Evaluator:
 def hold_back(dataset, count: int, seed: int):
     """Split ``dataset`` into (training part, ``count`` held-back grids) by a seeded draw; the held-back grids
     are the reference of ``--eval-every`` when there is no ``-v``."""
-    from .data import VoxelDataset
+    from tf3dgan.data.datasets import VoxelDataset
 
     rng = np.random.default_rng(seed + _LATENT_STREAM + 1)
     held = np.zeros(len(dataset), bool)

@@ -5,7 +5,7 @@ convolution layers of a model's ``blocks`` list from their shapes alone; they us
 layer classes only, so they work under every Keras backend.  Bias adds, BatchNorm,
 activations, losses and optimizer updates are left out (under 1 % for these models).
 
-One full train step (D update, then G update, as :class:`tf3dgan.training.GANTrainer`
+One full train step (D update, then G update, as :class:`tf3dgan.training.backends.tensorflow.GANTrainer`
 runs it with D always trained) costs, per sample, with ``F_G`` and ``F_D`` the forward
 FLOPs of one grid through each network and a backward pass ≈ 2 forward passes::
 
@@ -33,8 +33,8 @@ from typing import Iterable, Sequence
 import keras
 import numpy as np
 
-from .models import Discriminator, build_models, make_spec
-from .trainer_base import PRECISIONS
+from tf3dgan.models.networks import Discriminator, build_models, make_spec
+from tf3dgan.training.trainer import PRECISIONS
 
 RESULT_KEYS = ("backend", "arch", "batch", "precision", "xla", "steps_per_call", "width", "resolution", "loss",
                "conv_transpose",
@@ -43,7 +43,7 @@ RESULT_KEYS = ("backend", "arch", "batch", "precision", "xla", "steps_per_call",
                "warmup_calls", "trace_count", "device", "tf_version", "jax_version", "keras_version",
                "loadavg_before", "loadavg_after")
 #: ``backend`` values: Keras' backend names, shortened
-from .choices import BACKENDS  # noqa: E402,F401
+from tf3dgan.choices import BACKENDS  # noqa: E402,F401
 
 # ---------------------------------------------------------------------------------------- FLOPs
 
@@ -183,18 +183,21 @@ def bench(arch: str = "rasgan64", batch: int = 24, precision: str = "float32", x
     not timed; then ``steps`` calls are timed one by one, each ending with ``.numpy()`` on its
     metrics so the device has finished.  ``ms_per_step`` is the median call time divided by
     ``steps_per_call``; ``achieved_tflops`` divides the analytic :func:`step_flops` by it.
-    ``conv_transpose="phase"`` builds G with :mod:`tf3dgan.phase_conv`'s transposed convolutions.
+    ``conv_transpose="phase"`` builds G with :mod:`tf3dgan.models.phase_conv`'s transposed convolutions.
     ``profile_dir``: after timing, ``profile_calls`` more calls are traced into a sub-folder named
-    by the configuration, and ``result["profile"]`` holds :func:`tf3dgan.profiling.top_kernels`
+    by the configuration, and ``result["profile"]`` holds :func:`tf3dgan.perf.profiling.top_kernels`
     (per call) — or ``{"error": ...}`` where the trace cannot be summarised (it needs JAX).
     """
-    from . import data, synthetic
+    from tf3dgan.data import datasets as data
+    from tf3dgan.data import synthetic
 
     backend = keras.backend.backend()
     if backend == "tensorflow":
-        from .training import GANTrainer as Trainer, tune_for_device
+        from tf3dgan.training.backends.tensorflow import GANTrainer as Trainer
+        from tf3dgan.training.backends.tensorflow import tune_for_device
     elif backend == "jax":
-        from .jax_training import JaxGANTrainer as Trainer, tune_for_device
+        from tf3dgan.training.backends.jax import JaxGANTrainer as Trainer
+        from tf3dgan.training.backends.jax import tune_for_device
     else:
         raise ValueError(f"the benchmark runs on Keras' tensorflow or jax backend, not {backend!r}")
     tune_for_device()
@@ -225,7 +228,7 @@ def bench(arch: str = "rasgan64", batch: int = 24, precision: str = "float32", x
 
     profile = None
     if profile_dir is not None:
-        from . import profiling
+        from tf3dgan.perf import profiling
 
         label = "_".join(str(v) for v in (BACKENDS[backend], spec.arch, spec.resolution, f"w{spec.width:g}",
                                           f"b{batch}", precision, "xla" if xla else "", f"spc{steps_per_call}",

@@ -15,11 +15,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import ndimage, signal  # noqa: E402
 
-from .atomic import atomic_path  # noqa: E402
+from tf3dgan.atomic import atomic_path  # noqa: E402
 
 # the colour maps (by the original's -c index), the default view and the 3D graph styles (the seed's scatter
 # of surface voxels, or a shaded NumPy render of the voxel faces) are the tools' lists, dependency-free
-from .choices import COLORMAPS, DEFAULT_VIEW, GRAPH_STYLES as STYLES  # noqa: E402,F401
+from tf3dgan.choices import COLORMAPS, DEFAULT_VIEW  # noqa: E402,F401
+from tf3dgan.choices import GRAPH_STYLES as STYLES
 
 SAVGOL_WINDOW = 51
 SAVGOL_ORDER = 3
@@ -77,7 +78,7 @@ def _solid(grid, threshold) -> np.ndarray:
 
 def _world_axes(up_axis: int) -> list[int]:
     """Array axes shown as world (x, y, z): the two horizontal axes in order, then ``up_axis`` (z-up,
-    the same convention as the meshes of ``tf3dgan.mesh``)."""
+    the same convention as the meshes of ``tf3dgan.outputs.mesh``)."""
     return [a for a in range(3) if a != up_axis] + [up_axis]
 
 

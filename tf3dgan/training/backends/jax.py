@@ -1,6 +1,6 @@
 """The compiled GAN train step on Keras' JAX backend (no TensorFlow needed).
 
-``JaxGANTrainer`` has the constructor and public API of :class:`tf3dgan.training.GANTrainer`
+``JaxGANTrainer`` has the constructor and public API of :class:`tf3dgan.training.backends.tensorflow.GANTrainer`
 and the same step semantics; only the random streams differ (JAX's threefry keys instead of
 TensorFlow's Philox generator):
 
@@ -41,14 +41,14 @@ import contextlib
 import itertools
 import math
 
-import numpy as np
 import jax
 import jax.numpy as jnp
 import keras
+import numpy as np
 from jax import lax
 
-from . import losses
-from .trainer_base import METRICS, adam, check_settings, checkpoint_entry, checkpoint_variables
+from tf3dgan.models import losses
+from tf3dgan.training.trainer import METRICS, adam, check_settings, checkpoint_entry, checkpoint_variables
 
 RNG_IMPL = "threefry2x32"
 RNG_TAG = 0x4A41585F6B6579   # "JAX_key": marks a trainer/rng array that holds a JAX key
@@ -68,13 +68,13 @@ def tune_for_device() -> None:
     """Nothing to tune under JAX (kept for the same interface as ``training.tune_for_device``)."""
 
 
-from .choices import JAX_STRATEGIES as STRATEGIES  # noqa: E402
+from tf3dgan.choices import JAX_STRATEGIES as STRATEGIES  # noqa: E402
 
 
 def split_cpu(n: int) -> None:
     """Make JAX's CPU platform ``n`` devices (to try data parallelism without GPUs).  Must run
     before JAX initialises its backends; afterwards it raises ``Tf3dganError``."""
-    from .errors import Tf3dganError
+    from tf3dgan.errors import Tf3dganError
 
     if n < 1:
         raise Tf3dganError(f"--cpu-devices must be at least 1, got {n}")
@@ -93,7 +93,7 @@ def make_distribution(name: str):
     platform (the GPUs, else the CPU devices of ``split_cpu``).  ``auto``: ``mirrored`` when the
     default platform has more than one device, else ``None``.  (``multiworker`` is TensorFlow's;
     a multi-host JAX run needs ``jax.distributed.initialize`` first and is not wired up.)"""
-    from .errors import Tf3dganError
+    from tf3dgan.errors import Tf3dganError
 
     if name == "multiworker":
         raise Tf3dganError("--strategy multiworker is TensorFlow's (TF_CONFIG); under KERAS_BACKEND=jax use "

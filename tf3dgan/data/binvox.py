@@ -26,8 +26,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .atomic import write_bytes
-from .errors import DataError
+from tf3dgan.atomic import write_bytes
+from tf3dgan.errors import DataError
 
 _MAX_HEADER_LINES = 16
 

@@ -29,7 +29,7 @@ batch statistics over the global batch of a ``tf.distribute`` strategy (all-redu
 replicas) instead of each replica's slice; the layers, weights and their order are the same,
 so checkpoints move freely between synchronized and plain models.  It is a runtime option,
 not part of the ``ArchSpec``.  So is ``conv_transpose="phase"``: G's transposed convolutions
-computed as one stride-1 convolution plus an interleave (:mod:`tf3dgan.phase_conv`), with the
+computed as one stride-1 convolution plus an interleave (:mod:`tf3dgan.models.phase_conv`), with the
 same weights and outputs.
 """
 from __future__ import annotations
@@ -39,10 +39,8 @@ import math
 import keras
 from keras import layers
 
-from .phase_conv import IMPLEMENTATIONS, PhaseConv3DTranspose
-
-from .spec import (ARCHS, LATENT_DIM, _DEFAULT_OUTPUT, _NATIVE_RESOLUTION, ArchSpec,  # noqa: F401  (re-exported)
-                   describe, make_spec)
+from tf3dgan.models.phase_conv import IMPLEMENTATIONS, PhaseConv3DTranspose
+from tf3dgan.spec import _DEFAULT_OUTPUT, _NATIVE_RESOLUTION, ARCHS, LATENT_DIM, ArchSpec, describe, make_spec  # noqa: F401  (re-exported)
 
 _BN = dict(momentum=0.9, epsilon=1e-5)
 
@@ -168,7 +166,7 @@ def build_models(arch: str = "rasgan64", width: float = 1.0, resolution: int | N
     ``synchronized_bn`` uses cross-replica BatchNorm statistics (for a ``tf.distribute``
     strategy: call this inside ``strategy.scope()``); weights are the same either way.
     ``conv_transpose="phase"`` computes the generator's transposed convolutions in the phase
-    form (:mod:`tf3dgan.phase_conv`: same weights, same outputs to float tolerance).
+    form (:mod:`tf3dgan.models.phase_conv`: same weights, same outputs to float tolerance).
     """
     spec = make_spec(arch, width, resolution, output_activation, latent_dim)
     kw = dict(spec.to_dict(), dtype_policy=dtype_policy, synchronized_bn=synchronized_bn)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from . import runs
-from .errors import DataError, Tf3dganError
+from tf3dgan.errors import DataError, Tf3dganError
+from tf3dgan.training import runs
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Sets:
 
 
 def _to_resolution(grids: np.ndarray, resolution: int, pool_min: int, what: str) -> np.ndarray:
-    from . import data
+    from tf3dgan.data import datasets as data
 
     dim = grids.shape[1]
     if dim == resolution:
@@ -48,7 +48,7 @@ def _to_resolution(grids: np.ndarray, resolution: int, pool_min: int, what: str)
 
 def _load_set(spec: str, resolution: int | None, pool_min: int, seed: int) -> np.ndarray:
     """All grids of a ``-d`` source as uint8 0/1, pooled to ``resolution`` (None: as stored)."""
-    from . import data
+    from tf3dgan.data import datasets as data
 
     return data.load_dataset(spec, resolution=resolution, pool_min=pool_min, seed=seed).grids()
 
@@ -66,7 +66,7 @@ def gather(*, run: str | None = None, out: str = "savepoint", load_epoch: int | 
            floor: str | None = None, batch: int = 16, metrics=None, report=print) -> Sets:
     """Collect the sample, reference and floor sets (see the module docstring); everything that can be
     checked without Keras is checked first."""
-    from . import data
+    from tf3dgan.data import datasets as data
 
     if (run is None) == (samples is None):
         raise Tf3dganError("say what to evaluate: -n RUN (samples drawn from its generator) or --samples FILE")
@@ -101,7 +101,7 @@ def gather(*, run: str | None = None, out: str = "savepoint", load_epoch: int | 
     if samples is not None:
         path, _ = data.split_npz_key(os.fspath(samples))
         if path.suffix.lower() == ".npy" and path.is_file():
-            from .mesh import load_grids
+            from tf3dgan.outputs.mesh import load_grids
 
             values = load_grids(path)
             if values.ndim == 3:
@@ -150,8 +150,8 @@ def gather(*, run: str | None = None, out: str = "savepoint", load_epoch: int | 
 
 
 def _generate(run_dir: Path, load_epoch: int | None, count: int, seed: int, batch: int, threshold: float):
-    from .cli import import_tensorflow_quietly, keras_backend
-    from . import sampling
+    from tf3dgan.cli import import_tensorflow_quietly, keras_backend
+    from tf3dgan.outputs import sampling
 
     import_tensorflow_quietly(required=keras_backend() == "tensorflow")
     generator, _ = runs.load_generator(run_dir, epoch=load_epoch)
@@ -161,7 +161,7 @@ def _generate(run_dir: Path, load_epoch: int | None, count: int, seed: int, batc
 
 def check_metrics(metrics) -> None:
     """Unknown metric names are one line, before any data is read."""
-    from .metrics import list_metrics
+    from tf3dgan.metrics import list_metrics
 
     for name in metrics or ():
         for part in str(name).split(","):
@@ -171,8 +171,8 @@ def check_metrics(metrics) -> None:
 
 def evaluate(sets: Sets, metrics=None, seed: int = 0, report=print) -> dict:
     """The metrics of ``sets`` (see :func:`tf3dgan.metrics.evaluate_sets`), with where the sets came from."""
-    from .metrics import ALL, evaluate_sets
-    from .metrics.registry import CLASSIFIER_RESOLUTION
+    from tf3dgan.metrics import ALL, evaluate_sets
+    from tf3dgan.metrics.registry import CLASSIFIER_RESOLUTION
 
     check_metrics(metrics)
     names = [p for m in (metrics or ALL) for p in str(m).split(",") if p]
@@ -200,7 +200,7 @@ def evaluate(sets: Sets, metrics=None, seed: int = 0, report=print) -> dict:
 
 def write_result(result: dict, sets: Sets, output: str | None = None) -> Path | None:
     """``<run>/metrics/<epoch>.json`` for a run (or ``output``); None when there is nowhere to write."""
-    from .atomic import write_text
+    from tf3dgan.atomic import write_text
 
     if output is not None:
         path = Path(output)
@@ -215,7 +215,7 @@ def svm(run_dir: Path, epoch: int | None, data_dir: str, seed: int = 0, limit: i
         report=print) -> dict:
     """The 3D-GAN protocol (:func:`tf3dgan.metrics.svm.svm_protocol`) for the run's D and, as its baseline,
     for an untrained D of the same architecture; JSON-ready."""
-    from .metrics.svm import svm_protocol
+    from tf3dgan.metrics.svm import svm_protocol
 
     def slim(r: dict) -> dict:
         keys = ("svm_accuracy", "mean_class_accuracy", "per_class", "C", "n_train", "n_test", "feature_dim",

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable, Iterable
 
-from .errors import Tf3dganError, WriteError, write_error
+from tf3dgan.errors import Tf3dganError, WriteError, write_error
 
 CHUNK = 1 << 20
 USER_AGENT = "tf3dgan-download-data"

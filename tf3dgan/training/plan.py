@@ -19,10 +19,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import runs
-from .atomic import stale_temps
-from .errors import CheckpointError, Tf3dganError, write_error
-from .spec import make_spec
+from tf3dgan.atomic import stale_temps
+from tf3dgan.errors import CheckpointError, Tf3dganError, write_error
+from tf3dgan.spec import make_spec
+from tf3dgan.training import runs
 
 
 @dataclass
@@ -357,7 +357,7 @@ def prepare(cfg: TrainConfig, given: set[str] | None = None, report=print) -> Ru
 
 def _load_data(cfg: TrainConfig, model: dict | None, report):
     """The training data (pooled to the model's resolution), the validation data, the held-back grids."""
-    from . import data as data_lib
+    from tf3dgan.data import datasets as data_lib
 
     want_res = model["resolution"] if model else cfg.resolution
     data = data_lib.load_dataset(cfg.data, resolution=want_res, seed=cfg.seed, pool_min=cfg.pool_min)
@@ -375,7 +375,7 @@ def _load_data(cfg: TrainConfig, model: dict | None, report):
         raise Tf3dganError(f"--eval-every compares sets: -v {cfg.validation_data} holds {len(val)} grid; give at "
                            "least 2")
     if cfg.eval_every and val is None:
-        from .quality import hold_back
+        from tf3dgan.training.quality import hold_back
 
         count = min(cfg.eval_count, len(data) // 4)
         if count < 2:

@@ -1,6 +1,6 @@
 """Blender side of the render stage: build a scene around one model and render it from one or more views.
 
-This file runs *inside* Blender (3.4 and 4.x, background mode), started by ``tf3dgan.render``::
+This file runs *inside* Blender (3.4 and 4.x, background mode), started by ``tf3dgan.outputs.render``::
 
     blender -b --factory-startup -noaudio --python-exit-code 1 --python blender_scene.py -- \\
         --model chair.obj --format obj --engine cycles --samples 16 --resolution 256 \\

@@ -10,10 +10,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from . import losses
-from .errors import CheckpointError
+from tf3dgan.choices import D_RULES, PRECISIONS  # noqa: F401  (re-exported)
+from tf3dgan.errors import CheckpointError
+from tf3dgan.models import losses
 
-from .choices import D_RULES, PRECISIONS  # noqa: F401  (re-exported)
 METRICS = ("d_loss", "g_loss", "val_loss", "d_trained", "ratio", "d_accuracy", "loss_scale")
 
 

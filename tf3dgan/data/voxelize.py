@@ -24,7 +24,7 @@ and interpolated depth).
 
 Returned grids are uint8 0/1 ``(dim, dim, dim)`` in binvox's native order ``[x][z][y]``
 (axis 0 = mesh x, axis 1 = mesh z, axis 2 = mesh y), ready for
-:func:`tf3dgan.binvox.write_raw`.
+:func:`tf3dgan.data.binvox.write_raw`.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .errors import DataError, Tf3dganError
+from tf3dgan.errors import DataError, Tf3dganError
 
 METHODS = ("binvox-win", "binvox", "surface")
 DEFAULT_METHOD = "binvox-win"
@@ -539,8 +539,8 @@ def find_meshes(folder: str | os.PathLike, report=None) -> list[Path]:
 
 def write_grid(path: str | os.PathLike, grid: np.ndarray, place: Placement | None = None) -> None:
     """Atomically write a ``[x][z][y]`` grid as ``.raw``, ``.binvox`` or ``.npy`` (by suffix)."""
-    from . import binvox
-    from .atomic import atomic_path
+    from tf3dgan.atomic import atomic_path
+    from tf3dgan.data import binvox
 
     suffix = Path(path).suffix.lower()
     if suffix == ".raw":
@@ -567,7 +567,7 @@ def run_binvox_binary(binary: str, mesh_path: str | os.PathLike, dim: int = 64, 
     import subprocess
     import tempfile
 
-    from . import binvox
+    from tf3dgan.data import binvox
 
     mesh_path = Path(mesh_path)
     with tempfile.TemporaryDirectory(prefix=".tf3dgan-binvox-", dir=mesh_path.parent) as tmp:
@@ -597,7 +597,8 @@ def run_binvox_binary(binary: str, mesh_path: str | os.PathLike, dim: int = 64, 
 def grid_side(path: str | os.PathLike) -> int | None:
     """The side of the voxel grid(s) in a voxel file, read cheaply (``.raw``: its size;
     ``.binvox`` / ``.npy``: the header; ``.npz``: loaded), or None if it cannot be read."""
-    from . import binvox, data
+    from tf3dgan.data import binvox
+    from tf3dgan.data import datasets as data
 
     path = Path(path)
     suffix = path.suffix.lower()
@@ -624,7 +625,7 @@ class ExistingOutputs(NamedTuple):
 
 def _cache_methods(folder: Path) -> dict[str, str]:
     """stem -> ``method`` noted in ``folder``'s dataset cache (empty if none or no note)."""
-    from . import data
+    from tf3dgan.data import datasets as data
 
     cache = folder / data.CACHE_NAME
     if not cache.is_file():
@@ -649,7 +650,7 @@ def check_existing_outputs(meshes: list[Path], options: ConvertOptions) -> Exist
     holds) whose side is not ``options.dim`` is listed in ``others``: this run would not
     replace it, so the folder would mix sizes.
     """
-    from . import data
+    from tf3dgan.data import datasets as data
 
     same, differ, others = [], [], []
     method = options.describe()
@@ -690,7 +691,7 @@ def _count(n: int, one: str, many: str | None = None) -> str:
 def refusal(found: ExistingOutputs, options: ConvertOptions, folder: Path) -> str | None:
     """The one-line reason :func:`convert_tree` refuses to start, or None: outputs that differ
     (unless ``options.force``) and voxel files it would leave beside grids of another side."""
-    from . import data
+    from tf3dgan.data import datasets as data
 
     dim = options.dim
     if found.others:
@@ -845,7 +846,7 @@ def update_cache(folder: Path, options: ConvertOptions, converted: int = 1, mesh
     be made that way (all converted now, or the old cache said so), else no method.
     Returns ``(problem line or '', cache path or None)``.
     """
-    from . import data
+    from tf3dgan.data import datasets as data
 
     files = data.voxel_files(folder)
     if not files:

@@ -10,8 +10,8 @@ a temporary file in the target's folder and renamed onto the target once Blender
 checked (a PNG of the right size with an alpha channel), so a failed or interrupted render leaves nothing behind.
 
 Inputs: meshes ``.obj`` / ``.ply`` / ``.stl`` (read by Blender's importers); ``.off`` (ModelNet; read by
-:func:`tf3dgan.voxelize.read_mesh`) and ``.glb`` / ``.gltf`` (read by trimesh), passed on as a temporary ``.obj``; and
-voxel grids ``.npy`` / ``.raw`` / ``.binvox`` / ``.npz`` (the first grid, meshed by :func:`tf3dgan.mesh.grid_to_mesh`
+:func:`tf3dgan.data.voxelize.read_mesh`) and ``.glb`` / ``.gltf`` (read by trimesh), passed on as a temporary ``.obj``; and
+voxel grids ``.npy`` / ``.raw`` / ``.binvox`` / ``.npz`` (the first grid, meshed by :func:`tf3dgan.outputs.mesh.grid_to_mesh`
 as the closed surface of the voxel faces).  Models are taken as z-up (tf3dgan's meshes and ModelNet's), or y-up with
 ``up="y"``.
 """
@@ -33,9 +33,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import blender_scene
-from .atomic import atomic_path, check_output_folder
-from .errors import DataError, Tf3dganError
+from tf3dgan.atomic import atomic_path, check_output_folder
+from tf3dgan.errors import DataError, Tf3dganError
+from tf3dgan.outputs import blender_scene
 
 ENGINES = blender_scene.ENGINES
 MESH_FORMATS = {".obj": "obj", ".ply": "ply", ".stl": "stl"}   # read by Blender's importers
@@ -185,10 +185,10 @@ def model_input(model: str | os.PathLike, workdir: str | os.PathLike) -> tuple[P
         return p.resolve(), MESH_FORMATS[suffix], ""
     import trimesh
 
-    from .mesh import export_mesh, grid_to_mesh
+    from tf3dgan.outputs.mesh import export_mesh, grid_to_mesh
 
     if suffix == ".off":
-        from .voxelize import read_mesh
+        from tf3dgan.data.voxelize import read_mesh
 
         m = read_mesh(p)
         mesh = trimesh.Trimesh(vertices=m.vertices, faces=m.faces, process=False)
@@ -214,11 +214,11 @@ def model_input(model: str | os.PathLike, workdir: str | os.PathLike) -> tuple[P
 
 def _first_grid(p: Path):
     if p.suffix.lower() == ".npz":
-        from .data import load_dataset
+        from tf3dgan.data.datasets import load_dataset
 
         ds = load_dataset(str(p), limit=1)
         return ds.grids([0])[0].astype("float32"), len(ds)
-    from .mesh import load_grids
+    from tf3dgan.outputs.mesh import load_grids
 
     grids = load_grids(p)
     return grids[0], len(grids)

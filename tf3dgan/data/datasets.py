@@ -13,7 +13,7 @@ Dataset specs accepted by :func:`load_dataset`:
 * a file: ``.raw``, ``.binvox``, ``.npy`` or ``.npz``; ``file.npz:key`` picks an npz key
   (default: ``voxels``, else ``train``, else the only array).
 * ``synthetic:KIND[:n=N][:res=R][:seed=S]`` with KIND in
-  :data:`tf3dgan.synthetic.SHAPE_KINDS` (n defaults to 512, res to the ``resolution``
+  :data:`tf3dgan.data.synthetic.SHAPE_KINDS` (n defaults to 512, res to the ``resolution``
   argument or else 64, seed to the ``seed`` argument).
 * a list of any of these, concatenated in order.
 
@@ -53,9 +53,9 @@ from typing import Iterator
 
 import numpy as np
 
-from . import binvox, synthetic
-from .atomic import atomic_path
-from .errors import DataError, Tf3dganError, numpy_load_reason
+from tf3dgan.atomic import atomic_path
+from tf3dgan.data import binvox, synthetic
+from tf3dgan.errors import DataError, Tf3dganError, numpy_load_reason
 
 CACHE_NAME = "tf3dgan_voxels.npz"
 VOXEL_SUFFIXES = (".raw", ".binvox", ".npy", ".npz")

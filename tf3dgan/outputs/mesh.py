@@ -25,14 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path, check_output_folder
-from .binvox import read_binvox, read_raw
-from .data import SYNTHETIC_PREFIX, VoxelDataset, as_batch, check_finite, load_dataset, split_npz_key
-from .errors import DataError, Tf3dganError, numpy_load_reason
+from tf3dgan.atomic import atomic_path, check_output_folder
+from tf3dgan.data.binvox import read_binvox, read_raw
+from tf3dgan.data.datasets import SYNTHETIC_PREFIX, VoxelDataset, as_batch, check_finite, load_dataset, split_npz_key
+from tf3dgan.errors import DataError, Tf3dganError, numpy_load_reason
 
 MESH_KINDS = ("cubes", "faces", "marching-cubes")
 FORMATS = ("obj", "stl", "ply", "glb")
-from .choices import DEFAULT_THRESHOLD  # noqa: E402  (the original's 0.3)
+from tf3dgan.choices import DEFAULT_THRESHOLD  # noqa: E402  (the original's 0.3)
+
 DEFAULT_SCALE = 0.01      # the original's voxel size
 
 
@@ -121,7 +122,7 @@ def open_grids(spec: str | os.PathLike, limit: int | None = None) -> GridSource:
     ``synthetic:KIND...``) or a ``.npy`` / ``.raw`` / ``.binvox`` file.
 
     ``.npy`` files keep their values (generated samples are floats); datasets are read by
-    :func:`tf3dgan.data.load_dataset` (0/1 grids, at most ``limit`` of them) and unpacked a few at a time.
+    :func:`tf3dgan.data.datasets.load_dataset` (0/1 grids, at most ``limit`` of them) and unpacked a few at a time.
     """
     text = os.fspath(spec)
     if text.startswith(SYNTHETIC_PREFIX):

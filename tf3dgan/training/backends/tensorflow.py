@@ -42,9 +42,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from . import losses
-from .errors import Tf3dganError
-from .trainer_base import D_RULES, METRICS, PRECISIONS, adam, check_settings, checkpoint_entry, checkpoint_variables
+from tf3dgan.errors import Tf3dganError
+from tf3dgan.models import losses
+from tf3dgan.training.trainer import D_RULES, METRICS, PRECISIONS, adam, check_settings, checkpoint_entry, checkpoint_variables
 
 __all__ = ["GANTrainer", "D_RULES", "METRICS", "PRECISIONS", "default_precision", "make_strategy", "split_cpu",
            "tune_for_device"]
@@ -67,7 +67,7 @@ def tune_for_device() -> None:
         tf.config.optimizer.set_experimental_options({"remapping": False})
 
 
-from .choices import STRATEGIES  # noqa: E402
+from tf3dgan.choices import STRATEGIES  # noqa: E402
 
 
 def make_strategy(name: str):
