@@ -13,7 +13,7 @@ def quickstart_commands() -> list[str]:
     return [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
-def test_the_quickstart_installs_then_trains_and_installs_the_test_extra_then_tests():
+def test_the_quickstart_installs_then_trains_and_installs_the_test_extra_then_lints_then_tests():
     train, tests = quickstart_commands()
     install, run = train.split(" && ", 1)
     assert install == "pip install -e ."
@@ -21,7 +21,8 @@ def test_the_quickstart_installs_then_trains_and_installs_the_test_extra_then_te
     assert argv[:2] == ["python", "tools/train.py"]
     from tools.train import build_parser
     build_parser().parse_args(argv[2:])                      # every flag of the quickstart exists
-    assert tests == 'pip install -e ".[test]" && python -m pytest -q'
+    # ruff (pyproject.toml's [tool.ruff]) runs before the tests, so a lint error fails CI in seconds
+    assert tests.split(" && ") == ['pip install -e ".[test]"', "ruff check .", "python -m pytest -q"]
 
 
 def test_ci_runs_the_readme_test_command_exactly():
