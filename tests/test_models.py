@@ -50,7 +50,7 @@ def expected_counts(arch, width=1.0, resolution=None, latent=LATENT_DIM):
     """Parameter counts written from the architecture description (independent of models.py)."""
     r = resolution or NATIVE[arch]
     ch = lambda base: max(1, int(round(base * width)))  # noqa: E731
-    bn = lambda c: 4 * c                                # gamma, beta, moving mean, moving variance  # noqa: E731
+    bn = lambda c: 4 * c  # noqa: E731                  gamma, beta, moving mean, moving variance
     if arch == "rasgan64":
         stages = int(math.log2(r // 4))
         chans = [ch(64 * 2 ** i) for i in reversed(range(stages))]      # e.g. 512, 256, 128, 64

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import filecmp
+import importlib.util
 import shutil
 import stat
 import sys
@@ -180,9 +181,7 @@ def test_off_errors_name_the_file(tmp_path, text, reason):
 def test_other_formats_need_trimesh_or_work(tmp_path):
     path = tmp_path / "m.obj"
     path.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\nv 0 0 1\nf 1 2 3\nf 1 2 4\nf 1 3 4\nf 2 3 4\n")
-    try:
-        import trimesh  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("trimesh") is None:
         with pytest.raises(DataError, match="trimesh"):
             V.read_mesh(path)
     else:

@@ -420,7 +420,7 @@ def svm_protocol(run_dir: str | Path | None = None, epoch: int | None = None,
     if isinstance(folds, bool) or not isinstance(folds, (int, np.integer)) or folds < 2:
         raise Tf3dganError(f"folds must be a whole number >= 2, got {folds!r}")
     try:    # fail early, before the features, if scikit-learn is missing
-        from sklearn.svm import SVC  # noqa: F401
+        from sklearn.svm import SVC  # noqa: F401  (imported only to see that it imports)
     except ImportError:
         raise Tf3dganError("the SVM protocol needs scikit-learn (pip install scikit-learn)") from None
 
