@@ -119,3 +119,39 @@ def test_unwritable_dest_is_one_line(run, tmp_path, monkeypatch, capsys):
     assert err.startswith(f"error: cannot write {dest / 'seed0_n2.png'}: No space left on device (") and \
         err.endswith(" free on that disk); free some space and run again\n"), err
     assert sorted(p.name for p in dest.iterdir()) == ["seed0_n2.npy", "seed0_n2_latents.npy"]   # no temporaries
+
+
+def test_generate_shapes_called_directly(run, tmp_path):
+    """tf3dgan.outputs.generation.generate_shapes (what tools/generate.py calls): the files it says it wrote
+    hold the generator's shapes, meshes and sheet; its checks answer before any work."""
+    from tf3dgan.errors import Tf3dganError
+    from tf3dgan.outputs.generation import generate_shapes
+
+    result = generate_shapes("g", out=run, dest=tmp_path / "gen", count=3, seed=11, sheet=True, obj=True,
+                             colormap="copper", batch=2)
+    assert result.grids == tmp_path / "gen" / "seed11_n3.npy" and result.shape == (3, 8, 8, 8)
+    grids = np.load(result.grids)
+    generator, source = runs.load_generator(run / "g")
+    assert result.source == source and result.resolution == 8 and result.count == 3
+    z = np.load(result.latents)
+    np.testing.assert_array_equal(z, sampling.latents(3, generator.spec.latent_dim, 11))
+    np.testing.assert_allclose(grids, sampling.generate(generator, z), atol=1e-5)
+    assert result.threshold == runs.run_threshold(run / "g")
+    assert mpimg.imread(result.sheet).std() > 0.01
+    solid = [i for i, g in enumerate(grids) if (g > result.threshold).any()]
+    assert result.empty == [i for i in range(3) if i not in solid]
+    assert result.meshes == [tmp_path / "gen" / f"seed11_n3_{i}.obj" for i in solid]
+    for path in result.meshes:
+        assert len(trimesh.load(path, force="mesh").faces) > 0
+    line = result.summary()
+    assert line.startswith(f"generated 3 shapes of 8³ with {source} in ") and f"wrote {result.grids} (3, 8, 8, 8)" in line
+    path = generate_shapes("g", out=run, dest=tmp_path / "path", interpolate=3, seed=2, seed2=4)
+    assert path.grids.name == "interp_seed2-4_k3.npy" and path.sheet is None and not path.meshes
+    ends = np.load(path.latents)[[0, -1]]
+    np.testing.assert_allclose(ends, np.concatenate([sampling.latents(1, generator.spec.latent_dim, s) for s in (2, 4)]),
+                               atol=1e-6)
+    for kwargs, words in (({}, "-n RUN"), (dict(name="g", out=run, count=0), "--count must be at least 1"),
+                          (dict(name="g", out=run, interpolate=1), "--interpolate must be at least 2"),
+                          (dict(name="ghost", out=run), "no such run folder")):
+        with pytest.raises(Tf3dganError, match=words):
+            generate_shapes(**kwargs)
