@@ -248,3 +248,39 @@ def imported_modules(*args) -> set[str]:
 def test_help_and_bad_flags_import_no_heavy_modules(args):
     heavy = {"tensorflow", "keras", "jax", "torch", "trimesh", "scipy", "skimage", "matplotlib"}
     assert not imported_modules(REPO / "tools" / "convert_to_obj.py", *args) & heavy
+
+
+def test_convert_to_meshes_called_directly(tmp_path, chair):
+    """tf3dgan.outputs.meshes.convert_to_meshes (what tools/convert_to_obj.py calls) on the fixture chairs: a source's
+    grids and a run's samples become closed meshes of the chair's volume; what it returns names what it wrote."""
+    from tf3dgan.errors import Tf3dganError
+    from tf3dgan.outputs.meshes import convert_to_meshes
+
+    one = convert_to_meshes(file=CHAIR, output=tmp_path / "c.stl", mesh="faces")
+    assert one.paths == [tmp_path / "c.stl"] and one.format == "stl" and one.threshold == 0.3
+    m = trimesh.load(tmp_path / "c.stl", force="mesh")
+    assert m.is_watertight and m.volume == pytest.approx(chair.sum() * S**3, rel=1e-6)
+    assert (len(m.vertices), len(m.faces)) == one.written[0][1:3]
+    assert one.summary().startswith(f"wrote {tmp_path / 'c.stl'} ({one.written[0][1]} vertices, ")
+    np.save(tmp_path / "b.npy", np.stack([chair, np.zeros_like(chair), chair]))
+    every = convert_to_meshes(file=tmp_path / "b.npy", every=True, fmt="ply")
+    assert every.paths == [tmp_path / "b_0.ply", tmp_path / "b_2.ply"] and every.empty == [1]
+    assert every.summary().splitlines()[-1].endswith("; not written")
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    np.save(run / "10.npy", chair[None])
+    np.save(run / "20.npy", np.zeros((1, 8, 8, 8), np.float32))
+    heard = []
+    done = convert_to_meshes("r", out=tmp_path / "runs", report=heard.append)
+    assert done.paths == [run / "models" / "10.obj"] and done.empty == [run / "20.npy"]
+    assert heard == [f"skipped {run / '20.npy'}: {run / '20.npy'}: no voxel above --threshold 0.3: the grid is empty "
+                     "(every value is 0)"]
+    assert len(trimesh.load(run / "models" / "10.obj", force="mesh").faces) > 1000
+    again = convert_to_meshes("r", out=tmp_path / "runs")
+    assert again.written == [] and again.existing == 1
+    with pytest.raises(Tf3dganError, match="--scale must be positive"):
+        convert_to_meshes(file=CHAIR, scale=0)
+    with pytest.raises(Tf3dganError, match="go with -f/--file"):
+        convert_to_meshes("r", out=tmp_path / "runs", every=True)
+    with pytest.raises(DataError, match="none of its 1 grids"):
+        convert_to_meshes(file=run / "20.npy", every=True)
