@@ -268,3 +268,37 @@ def imported_modules(*args) -> set[str]:
 def test_help_and_bad_flags_import_no_heavy_modules(args):
     heavy = {"tensorflow", "keras", "jax", "torch", "trimesh", "scipy", "skimage", "matplotlib"}
     assert not imported_modules(REPO / "tools" / "convert_to_graph.py", *args) & heavy
+
+
+def test_draw_graphs_called_directly(tmp_path, chair):
+    """tf3dgan.outputs.graphs.draw_graphs (what tools/convert_to_graph.py calls) on the fixture chairs: one grid, a
+    sheet of the fixture .npz, and a run's samples; what it returns names the pictures it drew."""
+    from tf3dgan.errors import Tf3dganError
+    from tf3dgan.outputs.graphs import draw_graphs, parse_grid
+
+    one = draw_graphs(file=CHAIR, output=tmp_path / "one.png", style="shaded", colormap="copper")
+    assert one.pictures == [tmp_path / "one.png"] and one.note is None and one.threshold == 0.3
+    assert one.summary().startswith(f"wrote {tmp_path / 'one.png'} in ")
+    not_blank(tmp_path / "one.png")
+    sheet = draw_graphs(file=f"{WIN_NPZ}:test", grid="1x3", style="shaded", tile=1.0, output=tmp_path / "s.png")
+    image = not_blank(tmp_path / "s.png")
+    assert sheet.pictures == [tmp_path / "s.png"] and image.shape[1] > 2 * image.shape[0]
+    assert parse_grid("2×3") == (2, 3) and parse_grid(None) is None
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    np.save(run / "10.npy", chair[None])
+    np.save(run / "20.npy", np.zeros((1, 8, 8, 8), np.float32))
+    heard = []
+    drawn = draw_graphs("r", out=tmp_path / "runs", style="shaded", report=heard.append)
+    assert drawn.pictures == [run / "3D_graphs" / "10.png"] and drawn.empty == [run / "20.npy"]
+    assert len(heard) == 1 and heard[0].startswith(f"skipped {run / '20.npy'}: ")
+    not_blank(run / "3D_graphs" / "10.png")
+    kept = draw_graphs("r", out=tmp_path / "runs")
+    assert kept.pictures == [] and kept.existing == 1 and "kept 1 existing" in kept.summary()
+    for kwargs, words in ((dict(file=CHAIR, grid="3"), "--grid wants ROWSxCOLS"),
+                          (dict(file=CHAIR, tile=0.1), "--tile must be between"),
+                          (dict(file=CHAIR, output=tmp_path / "x.gif"), "unknown picture type"),
+                          (dict(file=CHAIR, grid="2x2", index=1), "do not go together")):
+        with pytest.raises(Tf3dganError, match=words):
+            draw_graphs(**kwargs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.png", "runs", "s.png"]

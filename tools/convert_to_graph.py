@@ -9,18 +9,14 @@ Graphs show z up: the array axis --up-axis (1 for binvox/ModelNet data) is drawn
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-import time
-from pathlib import Path
 
 from tf3dgan.choices import COLORMAPS, DEFAULT_VIEW
 from tf3dgan.choices import GRAPH_STYLES as STYLES
 from tf3dgan.cli import HelpFormatter, run_tool
-from tf3dgan.errors import Tf3dganError
 
-# tf3dgan.outputs.plots imports matplotlib and SciPy (a second or more): imported only to draw, so --help answers at once.
-PICTURE_TYPES = (".png", ".jpg", ".jpeg", ".pdf", ".svg")
+# The drawing is tf3dgan.outputs.graphs.draw_graphs; tf3dgan.outputs.plots imports matplotlib and SciPy (a second or
+# more) only to draw, so --help answers at once.
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,99 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_grid(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    m = re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", text)
-    if not m or int(m[1]) < 1 or int(m[2]) < 1:
-        raise Tf3dganError(f"--grid wants ROWSxCOLS with positive numbers (e.g. 4x4), not {text!r}")
-    return int(m[1]), int(m[2])
-
-
-def _limit(args, sheet) -> int | None:
-    """How many grids of a dataset are needed (None: all): a folder of loose files is read only so far."""
-    if sheet is not None:
-        return sheet[0] * sheet[1]
-    i = 0 if args.index is None else args.index
-    return i + 1 if i >= 0 else None
-
-
-def draw(args, source, target: Path, sheet) -> str | None:
-    """Draw ``source`` (a GridSource) to ``target``: grid --index, or a sheet; returns a note on empty panels."""
-    from tf3dgan.outputs.mesh import check_occupied, empty_grids, empty_note
-
-    style = dict(threshold=args.threshold, colormap=COLORMAPS[args.colormap], up_axis=args.up_axis,
-                 view=tuple(args.view), style=args.style)
-    if sheet is not None:
-        rows, cols = sheet
-        indices = list(range(min(rows * cols, len(source))))
-        grids = source.grids(indices)
-        titles = [source.title(i) for i in indices]
-        empty = empty_grids(grids, args.threshold)
-        if len(empty) == len(indices) == 1:
-            check_occupied(grids[0], args.threshold, source.label(0))
-        from tf3dgan.outputs import plots  # matplotlib and SciPy: only once there is something to draw
-
-        plots.save_voxel_sheet(target, grids, titles, rows, cols, title=Path(source.spec).name or source.spec,
-                               tile=args.tile, **style)
-        return empty_note(empty, len(indices), args.threshold, "panels") if empty else None
-    i = source.index(0 if args.index is None else args.index)
-    grid = source.grids([i])[0]
-    check_occupied(grid, args.threshold, source.label(i))
-    from tf3dgan.outputs import plots
-
-    title = f"{source.stem}[{i}]" if source.names is None and len(source) > 1 else source.title(i)
-    plots.save_voxel_graph(target, grid, title, **style)
-    return None
-
-
 def run(args: argparse.Namespace) -> None:
-    from tf3dgan.outputs.mesh import EmptyGridError, check_output, open_grids
-    from tf3dgan.training.runs import sample_files, threshold_for
+    from tf3dgan.outputs.graphs import draw_graphs
 
-    sheet = parse_grid(args.grid)
-    if not 0.5 <= args.tile <= 20:
-        raise Tf3dganError(f"--tile must be between 0.5 and 20 inches, not {args.tile:g}")
-    if sheet is not None and args.index is not None:
-        raise Tf3dganError("--grid and --index do not go together (a sheet starts at the first grid)")
-    if args.output and Path(args.output).suffix.lower() not in PICTURE_TYPES:
-        raise Tf3dganError(f"{args.output}: unknown picture type {Path(args.output).suffix or '(none)'!r} "
-                           "(use .png, .jpg, .pdf or .svg)")
-    start = time.perf_counter()
-    if args.name is not None:
-        if args.output:
-            raise Tf3dganError("-o/--output goes with -f/--file, not -n/--name")
-        folder, files = sample_files(args.out, args.name, "draw")
-        args.threshold, _ = threshold_for(run_dir=folder, given=args.threshold)
-        graphs = check_output(folder / "3D_graphs" / "x.png").parent
-        drawn = skipped = 0
-        empty = []
-        for f in files:
-            target = graphs / f"{f.stem}.png"
-            if target.exists() and not args.force:
-                skipped += 1
-                continue
-            try:
-                note = draw(args, open_grids(f), target, sheet)
-            except EmptyGridError as exc:
-                print(f"skipped {f}: {exc}", flush=True)
-                empty.append(f)
-                continue
-            if note:
-                print(f"{target}: {note}", flush=True)
-            drawn += 1
-        extra = "".join([f", kept {skipped} existing (--force redraws them)" if skipped else "",
-                         f", skipped {len(empty)} with no voxel above --threshold {args.threshold:g}" if empty else ""])
-        print(f"drew {drawn} graph{'s' * (drawn != 1)} into {graphs}{extra} in {time.perf_counter() - start:.1f}s")
-    else:
-        args.threshold, _ = threshold_for(args.file, given=args.threshold)
-        source = open_grids(args.file, limit=_limit(args, sheet))
-        target = Path(args.output) if args.output else source.folder / "3D_graphs" / f"{source.stem}.png"
-        check_output(target)
-        note = draw(args, source, target, sheet)
-        print(f"wrote {target} in {time.perf_counter() - start:.1f}s")
-        if note:
-            print(note)
+    result = draw_graphs(args.name, args.file, out=args.out, output=args.output, grid=args.grid, tile=args.tile,
+                         index=args.index, threshold=args.threshold, colormap=args.colormap, style=args.style,
+                         view=args.view, up_axis=args.up_axis, force=args.force,
+                         report=lambda line: print(line, flush=True))
+    print(result.summary())
 
 
 def main(argv: list[str] | None = None) -> int:
