@@ -69,8 +69,8 @@ def sgan(real_logits, fake_logits):
 def wgan_gp(real_logits, fake_logits):
     """Wasserstein critic losses: L_D = E C(x_f) − E C(x_r), L_G = −E C(x_f).
 
-    The gradient penalty λ·E(‖∇C(x̂)‖ − 1)² needs gradients, so the trainer adds it
-    (see ``gradient_penalty_from_grads`` and ``GP_WEIGHT``).
+    The gradient penalty λ·E(‖∇C(x̂)‖ − 1)² needs gradients, so the step adds it (the objective's
+    ``gp_weight``; see ``gradient_penalty_from_grads``).
     """
     real, fake = _f32(real_logits), _f32(fake_logits)
     return ops.mean(fake) - ops.mean(real), -ops.mean(fake)
@@ -94,6 +94,7 @@ class Objective:
     fn: Callable
     relativistic: bool     # D's decisions compare real against fake scores
     default_d_rule: str    # when to train D: "ratio" (the RaSGAN seed), "accuracy" (3D-GAN), "always"
+    gp_weight: float = 0.0  # λ of the gradient penalty λ·E(‖∇C(x̂)‖ − 1)² added to D's loss (0: none)
 
 
 OBJECTIVES = {
@@ -101,7 +102,7 @@ OBJECTIVES = {
     "rsgan": Objective("rsgan", rsgan, True, "ratio"),
     "minimax": Objective("minimax", minimax, False, "accuracy"),
     "sgan": Objective("sgan", sgan, False, "accuracy"),
-    "wgan-gp": Objective("wgan-gp", wgan_gp, True, "always"),
+    "wgan-gp": Objective("wgan-gp", wgan_gp, True, "always", gp_weight=GP_WEIGHT),
 }
 
 

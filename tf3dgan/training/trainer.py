@@ -1,9 +1,14 @@
-"""What the TensorFlow and the JAX trainers share (no TensorFlow or JAX imported here).
+"""The trainer base: what the TensorFlow and the JAX trainers share (no TensorFlow or JAX imported here).
 
-Their settings (precisions, D rules, metric names, argument checks), their optimizers, and the
-checkpoint layout: the keys under which ``state_arrays`` stores the models' weights and the
-optimizers' variables.  Both trainers take the keys from :func:`checkpoint_variables`, which is
-what makes a checkpoint written on one backend load on the other.
+:class:`Trainer` owns the settings checks, the optimizers, the step's static settings
+(:class:`~tf3dgan.training.algorithm.StepSettings`), the position within the epoch and the host API
+(``start_epoch``, ``train_steps``, rates, ``generate``, ``sync_models``, ``state_arrays``); a backend
+adapter (:mod:`tf3dgan.training.backends`) supplies only what is backend-specific: how the step of
+:mod:`tf3dgan.training.algorithm` is compiled and where its state lives.
+
+The checkpoint layout is here too: the keys under which ``state_arrays`` stores the models' weights and
+the optimizers' variables.  Both backends take the keys from :func:`checkpoint_variables`, which is what
+makes a checkpoint written on one backend load on the other.
 """
 from __future__ import annotations
 
@@ -13,8 +18,7 @@ import numpy as np
 from tf3dgan.choices import D_RULES, PRECISIONS  # noqa: F401  (re-exported)
 from tf3dgan.errors import CheckpointError
 from tf3dgan.models import losses
-
-METRICS = ("d_loss", "g_loss", "val_loss", "d_trained", "ratio", "d_accuracy", "loss_scale")
+from tf3dgan.training.algorithm import METRICS, RULE_STATE, StepSettings  # noqa: F401  (METRICS, RULE_STATE re-exported)
 
 
 def check_settings(loss: str, d_rule: str | None, precision: str, batch_size: int, n: int):
@@ -63,3 +67,68 @@ def checkpoint_entry(arrays: dict, key: str, shape: tuple, source: str):
         raise CheckpointError(f"{source}: entry {key!r} has shape {value.shape}, the run expects "
                               f"{tuple(shape)} (different architecture, width or dataset size?)")
     return value
+
+
+class Trainer:
+    """Trains a (generator, discriminator) pair on an in-memory voxel dataset (packed bits).
+
+    A backend subclass implements ``_shuffle()`` (draw the epoch's two data orders), ``_run(n)``
+    (``n`` compiled steps, returning per-step metric arrays), ``_get_rates``/``_set_rates``,
+    ``generate``, ``sync_models``, ``state_arrays`` and ``load_state_arrays``."""
+
+    def __init__(self, generator, discriminator, data_packed: np.ndarray, dim: int, *, batch_size: int,
+                 loss: str = "rasgan", d_rule: str | None = None, precision: str = "float32",
+                 ema_alpha: float = 0.3, accuracy_threshold: float = 0.8):
+        n = int(data_packed.shape[0])
+        self.objective, self.d_rule = check_settings(loss, d_rule, precision, batch_size, n)
+        self.G, self.D = generator, discriminator
+        self.dim, self.batch_size, self.precision = int(dim), int(batch_size), precision
+        self.latent_dim = int(generator.spec.latent_dim)
+        self.steps_per_epoch = n // self.batch_size
+        self.ema_alpha, self.accuracy_threshold = float(ema_alpha), float(accuracy_threshold)
+        self.loss_scaled = precision == "mixed_float16"
+        self.settings = StepSettings(self.objective, self.d_rule, self.batch_size, self.dim, self.latent_dim,
+                                     self.ema_alpha, self.accuracy_threshold)
+        self.trace_count = 0   # traces of the train-steps function (Python side effect while tracing)
+        self._pos = 0          # the step within the epoch, tracked on the host (no device read per call)
+
+    def _make_optimizers(self, g_lr: float, d_lr: float) -> None:
+        self.opt_g = adam(g_lr, self.loss_scaled)
+        self.opt_d = adam(d_lr, self.loss_scaled)
+        self.opt_g.build(self.G.trainable_variables)
+        self.opt_d.build(self.D.trainable_variables)
+
+    # ------------------------------------------------------------------ the host API
+    @property
+    def position(self) -> int:
+        """Steps already taken in the current epoch."""
+        return self._pos
+
+    def start_epoch(self) -> None:
+        """Draw this epoch's two data orders (on the device, from the trainer's random stream)."""
+        self._shuffle()
+        self._pos = 0
+
+    def train_steps(self, n: int) -> dict:
+        """Run ``n`` train steps in one compiled call; returns per-step metrics (length ``n``) as device
+        arrays, without waiting for them (reading one waits for the steps).
+
+        The steps must fit in the current epoch (call ``start_epoch`` first and after every
+        ``steps_per_epoch`` steps): past its end there is no data left in this epoch's order."""
+        n = int(n)
+        if n < 1 or self._pos + n > self.steps_per_epoch:
+            raise ValueError(f"{n} steps from step {self._pos} do not fit in the epoch's {self.steps_per_epoch} "
+                             "steps (n must be at least 1); call start_epoch() first")
+        metrics = self._run(n)
+        self._pos += n
+        return metrics
+
+    def set_learning_rates(self, g_lr: float, d_lr: float) -> None:
+        self._set_rates(float(g_lr), float(d_lr))
+
+    @property
+    def learning_rates(self) -> tuple[float, float]:
+        return self._get_rates()
+
+    def sync_models(self) -> None:
+        """Make the Keras models' variables hold the trained weights (before ``G.save_weights`` or ``G(z)``)."""

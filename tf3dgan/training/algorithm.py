@@ -1,0 +1,180 @@
+"""The GAN train step, written once in ``keras.ops``; the backends run it.
+
+One step (as the 64-3D-RaSGAN seed does it):
+
+1. **D phase** on a real batch: G(z) and D's logits on the real and the generated batch (BatchNorm in
+   training mode), D's loss (with the objective's gradient penalty, if it has one); D is updated only
+   when the rule said so on the previous step (``train_d``).  D's accuracy, and its loss on a random
+   validation batch (inference-mode BatchNorm, against this step's fakes).
+2. **G phase** on a **fresh** real batch: G's loss through D, and G's update.
+3. **The rule** decides whether D trains on the next step: ``ratio`` (the RaSGAN seed: exponential
+   moving averages, α = 0.3, of both losses; train D when 2·D_smooth > G_smooth), ``accuracy`` (3D-GAN:
+   when D's accuracy was ≤ 0.8) or ``always``; it also counts the seed's "G/D train ratio".
+
+Batches are drawn inside the step from the packed-bit dataset by the epoch's two orders (one for the D
+phase, one for the G phase); an epoch is one pass.  Every random number is drawn before the D phase, in
+one order: the D phase's latents, the penalty's mixing weights, the validation rows, then the G phase's
+latents.
+
+What a backend does differently is behind a *context* (``ctx``), whose methods the step calls:
+
+``ctx.data`` / ``ctx.val``
+    the packed training / validation grids (uint8 (N, D³/8); ``val`` may be None).
+``ctx.latents(phase)``, ``ctx.mix_weights()``, ``ctx.validation_rows(n)``
+    the step's random numbers (``phase`` is ``"d"`` or ``"g"``): each backend's own stream.
+``ctx.G(z, training)``, ``ctx.D(x, training)``
+    the models (a backend threads BatchNorm statistics through its calls, in call order).
+``ctx.input_gradient(fn, x)``
+    ∂ Σ fn(x) / ∂x (for penalties on D's input).
+``ctx.minimize(name, loss_fn)``
+    ``loss_fn() -> (loss, aux)``; apply one optimizer step to model ``name`` (``"g"``/``"d"``) on
+    ∂loss/∂weights (loss-scaled under float16; divided by the replicas when they sum their gradients)
+    and return ``aux``.
+``ctx.cond(pred, true_fn, false_fn)``
+    ``true_fn()`` if ``pred`` else ``false_fn()``, inside the compiled step.
+``ctx.per_replica(fn, *args)``, ``ctx.local(x)``, ``ctx.gather(*xs)``, ``ctx.replica_mean(x)``, ``ctx.replicas``
+    the replica hooks of a mirrored step: run ``fn`` on every replica with the global batch's ``args``;
+    this replica's slice of a global-batch tensor; the global batch of per-replica tensors; the mean over
+    replicas.  On one device (and under JAX's sharded step) they are the identity.
+``ctx.loss_scale()``
+    G's optimizer's current loss scale (1 without loss scaling).
+
+The rule state (``RULE_STATE``) goes in and out of :func:`train_step` as plain tensors; a backend keeps it
+in variables (TensorFlow) or in its state pytree (JAX).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from keras import ops
+
+from tf3dgan.models import losses
+from tf3dgan.models.losses import Objective
+
+#: what the step's metrics are, per step (the loop's history, TensorBoard)
+METRICS = ("d_loss", "g_loss", "val_loss", "d_trained", "ratio", "d_accuracy", "loss_scale")
+
+#: the rule state: name -> dtype (checkpoint keys ``trainer/<name>``)
+RULE_STATE = {
+    "perm": np.int32,       # (2, N): the epoch's data orders (D phase, G phase)
+    "pos": np.int32,        # step within the epoch
+    "train_d": np.bool_,    # the rule's decision for the next step
+    "d_smooth": np.float32,
+    "g_smooth": np.float32,
+    "since_d": np.int32,    # steps since D was last trained
+    "ratio": np.int32,      # the seed's "G/D train ratio"
+}
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """What the compiled step is specialised on (Python values: fixed for a trainer's life)."""
+    objective: Objective
+    d_rule: str
+    batch_size: int
+    dim: int
+    latent_dim: int
+    ema_alpha: float = 0.3
+    accuracy_threshold: float = 0.8
+
+
+def initial_rule_state(n: int) -> dict[str, np.ndarray]:
+    """The rule state before the first step of a run over ``n`` grids."""
+    values = {"perm": np.tile(np.arange(n), (2, 1)), "pos": 0, "train_d": True, "d_smooth": 0.0, "g_smooth": 0.0,
+              "since_d": 0, "ratio": 1}
+    return {key: np.asarray(values[key], dtype=dtype) for key, dtype in RULE_STATE.items()}
+
+
+# ---------------------------------------------------------------------- batches
+def unpack(packed, dim: int):
+    """Packed bits (N, dim³/8) uint8, most significant bit first (``np.packbits``) -> float32 (N, d, d, d, 1)."""
+    shifts = ops.convert_to_tensor(np.arange(7, -1, -1, dtype=np.uint8))
+    bits = ops.bitwise_and(ops.right_shift(ops.expand_dims(packed, -1), shifts), 1)
+    return ops.cast(ops.reshape(bits, (-1, dim, dim, dim, 1)), "float32")
+
+
+def batch_rows(perm, pos, which: int, batch_size: int):
+    """The dataset rows of step ``pos`` of the epoch in order ``which`` (0: D phase, 1: G phase)."""
+    return ops.slice(perm[which], (pos * batch_size,), (batch_size,))
+
+
+# ---------------------------------------------------------------------- the phases
+def d_phase(ctx, cfg: StepSettings, train: bool, packed, z, eps, val_packed):
+    """One replica's D phase (``packed``/``z``/``eps``/``val_packed``: the global batch's):
+    ``(d_loss, d_accuracy, val_loss)``, D updated when ``train``."""
+    objective = cfg.objective
+    real, z = unpack(ctx.local(packed), cfg.dim), ctx.local(z)
+
+    def loss():
+        fake = ctx.G(z, True)
+        real_logits, fake_logits = ctx.gather(ctx.D(real, True), ctx.D(fake, True))
+        d_loss = objective.fn(real_logits, fake_logits)[0]
+        if objective.gp_weight:
+            mix = ctx.local(eps)
+            mixed = mix * real + (1.0 - mix) * ops.cast(fake, "float32")
+            grads = ctx.input_gradient(lambda x: ctx.D(x, True), mixed)
+            penalty = ctx.replica_mean(losses.gradient_penalty_from_grads(grads))
+            d_loss = d_loss + objective.gp_weight * penalty
+        return d_loss, (d_loss, real_logits, fake_logits)
+
+    d_loss, real_logits, fake_logits = ctx.minimize("d", loss) if train else loss()[1]
+    accuracy = ops.cast(losses.d_accuracy(objective, real_logits, fake_logits), "float32")
+    if val_packed is None:
+        val_loss = ops.convert_to_tensor(np.float32(np.nan))
+    else:
+        (val_logits,) = ctx.gather(ctx.D(unpack(ctx.local(val_packed), cfg.dim), False))
+        val_loss = objective.fn(val_logits, fake_logits)[0]
+    return d_loss, accuracy, val_loss
+
+
+def g_phase(ctx, cfg: StepSettings, packed, z):
+    """One replica's G phase on a fresh real batch: G's loss, G updated."""
+    real, z = unpack(ctx.local(packed), cfg.dim), ctx.local(z)
+
+    def loss():
+        fake = ctx.G(z, True)
+        real_logits, fake_logits = ctx.gather(ctx.D(real, True), ctx.D(fake, True))
+        g_loss = cfg.objective.fn(real_logits, fake_logits)[1]
+        return g_loss, g_loss
+
+    return ctx.minimize("g", loss)
+
+
+def update_rule(cfg: StepSettings, state: dict, trained, d_loss, g_loss, accuracy) -> dict:
+    """The rule state after a step: whether D trains next, the smoothed losses, the G/D ratio, the position."""
+    a = cfg.ema_alpha
+    d_smooth = a * d_loss + (1.0 - a) * state["d_smooth"]
+    g_smooth = a * g_loss + (1.0 - a) * state["g_smooth"]
+    if cfg.d_rule == "ratio":
+        train_next = 2.0 * d_smooth > g_smooth
+    elif cfg.d_rule == "accuracy":
+        train_next = accuracy <= cfg.accuracy_threshold
+    else:
+        train_next = ops.convert_to_tensor(True)
+    one = ops.convert_to_tensor(np.int32(1))
+    return dict(state, pos=state["pos"] + one, train_d=train_next, d_smooth=d_smooth, g_smooth=g_smooth,
+                ratio=ops.where(trained, state["since_d"], state["ratio"]),
+                since_d=ops.where(trained, one, state["since_d"] + one))
+
+
+def train_step(ctx, cfg: StepSettings, state: dict) -> tuple[dict, dict]:
+    """One step from rule state ``state``: ``(new rule state, metrics)`` (metrics: float32 scalars, ``METRICS``)."""
+    b = cfg.batch_size
+    trained = state["train_d"]
+    packed = ops.take(ctx.data, batch_rows(state["perm"], state["pos"], 0, b), axis=0)
+    z = ctx.latents("d")
+    eps = ctx.mix_weights() if cfg.objective.gp_weight else None
+    val_packed = None if ctx.val is None else ops.take(ctx.val, ctx.validation_rows(ops.shape(ctx.val)[0]), axis=0)
+
+    def d(train: bool):
+        return lambda: ctx.per_replica(lambda *args: d_phase(ctx, cfg, train, *args), packed, z, eps, val_packed)
+
+    d_loss, accuracy, val_loss = ctx.cond(trained, d(True), d(False))
+    packed2 = ops.take(ctx.data, batch_rows(state["perm"], state["pos"], 1, b), axis=0)
+    z2 = ctx.latents("g")
+    g_loss = ctx.per_replica(lambda *args: g_phase(ctx, cfg, *args), packed2, z2)
+    new_state = update_rule(cfg, state, trained, d_loss, g_loss, accuracy)
+    metrics = {"d_loss": d_loss, "g_loss": g_loss, "val_loss": val_loss, "d_trained": trained,
+               "ratio": new_state["ratio"], "d_accuracy": accuracy, "loss_scale": ctx.loss_scale()}
+    return new_state, {k: ops.cast(metrics[k], "float32") for k in METRICS}
