@@ -282,3 +282,89 @@ def test_a_tiny_training_writes_loadable_weights(tmp_path):
     tiny = load_classifier(out / "voxnet32_m10.npz")
     assert tiny.version == "tiny-test-v0" and tiny.classes == CLASSES
     assert tiny.features(np.zeros((3, 32, 32, 32), np.uint8)).shape == (3, 128)
+
+
+# ------------------------------------------------------------------ tf3dgan.metrics.classifier_training, called directly
+
+
+@pytest.fixture()
+def chairs_as_ten_classes(tmp_path):
+    """A --data-dir whose ten class files are all the fixture's 16 real chairs (12 train, 4 test)."""
+    folder = tmp_path / "voxels"
+    folder.mkdir()
+    for c in CLASSES:
+        (folder / f"modelnet10_{c}_64_win.npz").symlink_to(FIXTURES / "modelnet10_chair_64_win_small.npz")
+    return folder
+
+
+def test_evaluate_classifier_scores_real_chairs(chairs_as_ten_classes, clf):
+    from tf3dgan.metrics.classifier_training import evaluate_classifier
+
+    scores = evaluate_classifier(str(chairs_as_ten_classes), limit=3)
+    report = scores.json()
+    assert report["version"] == clf.version and report["n_test"] == 30 and report["limit"] == 3
+    assert report["per_class_n"] == {c: 3 for c in CLASSES}
+    assert report["per_class_accuracy"]["chair"] >= 2 / 3           # the shipped classifier knows chairs
+    confusion = np.array(report["confusion"])
+    assert confusion.sum() == 30 and (confusion.sum(1) == 3).all()
+    assert report["test_accuracy"] == pytest.approx(np.trace(confusion) / 30)
+    assert sum(report["per_class_accuracy"].values()) == pytest.approx(10 * report["test_accuracy"])   # 3 of each
+    text = scores.text().splitlines()
+    assert text[0] == f"{clf.version}: test accuracy {report['test_accuracy']:.4f} on 30 grids" and len(text) == 11
+
+
+def test_train_classifier_writes_loadable_weights_and_provenance(chairs_as_ten_classes, tmp_path):
+    from tf3dgan.metrics.classifier import load_classifier, provenance
+    from tf3dgan.metrics.classifier_training import train_classifier
+
+    heard = []
+    trained = train_classifier(str(chairs_as_ten_classes), str(tmp_path / "w"), epochs=1, batch=8, limit=4,
+                               tag="direct-test-v0", say=heard.append)
+    assert trained.weights == tmp_path / "w" / "voxnet32_m10.npz"
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["voxnet32_m10.json", "voxnet32_m10.npz"]
+    info = provenance(trained.weights)
+    assert info == trained.provenance and info["data"]["n_train"] == 30 and info["n_test"] == 40
+    assert info["command"].startswith("tf3dgan.metrics.classifier_training.train_classifier(") and "limit=4" in info["command"]
+    assert info["best_epoch"] == 1 and len(info["history"]) == 1
+    assert heard[0].startswith("train 30 / validation 10 / test 40 grids") and heard[1].startswith("epoch 1/1: ")
+    summary = trained.json()
+    assert summary["version"] == "direct-test-v0" and summary["weights"] == str(trained.weights)
+    assert trained.text().splitlines()[-1] == (f"wrote {trained.weights} ({trained.weights.stat().st_size / 1e6:.2f} "
+                                               f"MB) and {trained.provenance_file}")
+    tiny = load_classifier(trained.weights)
+    assert tiny.version == "direct-test-v0" and tiny.features(np.zeros((2, 32, 32, 32), np.uint8)).shape == (2, 128)
+
+
+def test_classifier_options_and_helpers(chairs_as_ten_classes, tmp_path):
+    from tf3dgan.errors import Tf3dganError
+    from tf3dgan.metrics.classifier_training import (
+        ClassifierOptions,
+        augment,
+        data_files,
+        run_classifier,
+        split_validation,
+    )
+
+    for kwargs, words in ((dict(epochs=0), "--epochs must be at least 1"), (dict(lr=float("nan")), "--lr must be"),
+                          (dict(val_fraction=1.0), "--val-fraction"), (dict(tag="two words"), "--tag must be one word"),
+                          (dict(evaluate=True, out="x"), "--evaluate writes nothing"),
+                          (dict(weights="w.npz"), "--weights names the classifier")):
+        with pytest.raises(Tf3dganError, match=words):
+            run_classifier(ClassifierOptions(data_dir=str(chairs_as_ten_classes), **kwargs))
+    assert [f.name for f in data_files(str(chairs_as_ten_classes))] == [f"modelnet10_{c}_64_win.npz" for c in CLASSES]
+    (chairs_as_ten_classes / "modelnet10_sofa_64_win.npz").unlink()
+    with pytest.raises(DataError, match="lacks modelnet10_sofa_64_win.npz"):
+        data_files(str(chairs_as_ten_classes))
+    labels = np.repeat(np.arange(3), [10, 5, 1])
+    val = split_validation(labels, 0.2, seed=0)
+    assert val[labels == 0].sum() == 2 and val[labels == 1].sum() == 1 and not val[labels == 2].any()
+    assert np.array_equal(val, split_validation(labels, 0.2, seed=0))
+    from tf3dgan.data.datasets import load_dataset
+
+    chairs = load_dataset(f"{FIXTURES / 'modelnet10_chair_64_win_small.npz'}:train", resolution=32).grids()
+    rng = np.random.default_rng(0)
+    flipped = augment(chairs, rng, "flip")
+    assert np.array_equal(flipped.sum((1, 2, 3)), chairs.sum((1, 2, 3)))           # mirror images keep every voxel
+    assert np.array_equal(flipped.sum((1, 3)), chairs.sum((1, 3)))                  # and the up axis
+    assert augment(chairs, rng, "none") is chairs
+    assert augment(chairs, rng, "flipshift").shape == chairs.shape
