@@ -132,3 +132,48 @@ def test_cli_rejects_bad_options(capsys):
     assert (args.batch, args.xla, args.precision) == ([8, 24], "both", ["float32", "mixed_bfloat16"])
     assert tool.build_parser().parse_args(["--xla"]).xla == "on"
     assert tool.build_parser().parse_args(["--xla", "--no-xla"]).xla == "off"
+
+
+# ------------------------------------------------------------------ tf3dgan.perf.bench_runs, called directly
+
+
+def test_bench_options_check_count_and_child_flags(tmp_path):
+    from tf3dgan.errors import Tf3dganError
+    from tf3dgan.perf.bench_runs import BenchOptions
+    from tf3dgan.tools import bench as tool
+
+    options = BenchOptions(backend=["tf", "jax"], batch=[4, 8], precision=["float32", "mixed_bfloat16"], xla="both",
+                           conv_transpose=["native", "phase", "native"], resolution=16, peak_tflops=2.5,
+                           profile=str(tmp_path / "prof"))
+    options.check()
+    assert options.axes("tf")["xla"] == [False, True] and options.axes("jax")["xla"] == [False]
+    assert options.axes("tf")["conv_transpose"] == ["native", "phase"]
+    assert options.count() == 2 * 2 * 2 * 2 + 2 * 2 * 2          # tf: × xla on/off; jax always compiles with XLA
+    flags = options.child_args("jax")
+    parsed = tool.build_parser().parse_args(flags)          # the child's command line is the tool's
+    assert (parsed.backend, parsed.batch, parsed.xla, parsed.resolution, parsed.json) == (["jax"], [4, 8], "both", 16, True)
+    assert parsed.peak_tflops == 2.5 and parsed.profile == str(tmp_path / "prof") and parsed.precision == options.precision
+    for kwargs, words in ((dict(resolution=12), "power of two"), (dict(batch=[8, 0]), "--batch must be >= 1"),
+                          (dict(peak_tflops=0.0), "--peak-tflops must be positive"),
+                          (dict(profile=__file__), "is not a folder"),
+                          (dict(compare=True, batch=[8]), "--compare needs at least two configurations")):
+        with pytest.raises(Tf3dganError, match=words):
+            BenchOptions(**{"backend": ["tf"], **kwargs}).check()
+
+
+def test_run_bench_times_a_tiny_step_in_process(tmp_path):
+    import io
+
+    from tf3dgan.perf.bench_runs import BenchOptions, run_bench
+
+    out, err = io.StringIO(), io.StringIO()
+    options = BenchOptions(backend=["tf"], resolution=16, width=0.125, batch=[2, 4], steps=2, warmup=1, compare=True)
+    results = run_bench(options, out=out, err=err)
+    assert [r["batch"] for r in results] == [2, 4] and all(r["ms_per_step"] > 0 for r in results)
+    assert results[0]["step_tflop"] == pytest.approx(results[1]["step_tflop"] / 2)   # FLOPs scale with the batch
+    lines = out.getvalue().splitlines()
+    assert lines[0] == benchmark.format_row(benchmark.TABLE_HEADER)
+    assert lines[1:3] == [benchmark.format_row(r) for r in results]
+    assert lines[3:5] == ["", f"relative to {benchmark.config_label(results[0])} ({results[0]['ms_per_step']:.1f} ms/step):"]
+    assert lines[-1].startswith("measured: median of 2 timed call(s)") and "rasgan64 16³ width 0.125" in lines[-1]
+    assert err.getvalue() == ""
