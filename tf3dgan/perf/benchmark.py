@@ -33,7 +33,9 @@ from typing import Iterable, Sequence
 import keras
 import numpy as np
 
+from tf3dgan.errors import Tf3dganError
 from tf3dgan.models.networks import Discriminator, build_models, make_spec
+from tf3dgan.training.backends import get_backend
 from tf3dgan.training.trainer import PRECISIONS
 
 RESULT_KEYS = ("backend", "arch", "batch", "precision", "xla", "steps_per_call", "width", "resolution", "loss",
@@ -192,15 +194,12 @@ def bench(arch: str = "rasgan64", batch: int = 24, precision: str = "float32", x
     from tf3dgan.data import synthetic
 
     backend = keras.backend.backend()
-    if backend == "tensorflow":
-        from tf3dgan.training.backends.tensorflow import GANTrainer as Trainer
-        from tf3dgan.training.backends.tensorflow import tune_for_device
-    elif backend == "jax":
-        from tf3dgan.training.backends.jax import JaxGANTrainer as Trainer
-        from tf3dgan.training.backends.jax import tune_for_device
-    else:
-        raise ValueError(f"the benchmark runs on Keras' tensorflow or jax backend, not {backend!r}")
-    tune_for_device()
+    try:
+        adapter = get_backend(backend)
+    except Tf3dganError:
+        raise ValueError(f"the benchmark runs on Keras' tensorflow or jax backend, not {backend!r}") from None
+    Trainer = adapter.Trainer  # noqa: N806 - a class
+    adapter.tune_for_device()
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     for name, value, low in (("batch", batch, 1), ("steps_per_call", steps_per_call, 1), ("steps", steps, 1),
@@ -230,7 +229,7 @@ def bench(arch: str = "rasgan64", batch: int = 24, precision: str = "float32", x
     if profile_dir is not None:
         from tf3dgan.perf import profiling
 
-        label = "_".join(str(v) for v in (BACKENDS[backend], spec.arch, spec.resolution, f"w{spec.width:g}",
+        label = "_".join(str(v) for v in (adapter.short, spec.arch, spec.resolution, f"w{spec.width:g}",
                                           f"b{batch}", precision, "xla" if xla else "", f"spc{steps_per_call}",
                                           conv_transpose) if v != "")
         folder = os.path.join(profile_dir, label)
@@ -243,13 +242,13 @@ def bench(arch: str = "rasgan64", batch: int = 24, precision: str = "float32", x
             profile = {"error": f"{type(e).__name__}: {e}", "folder": folder}
 
     result = {
-        "backend": BACKENDS[backend], "arch": spec.arch, "batch": int(batch), "precision": precision, "xla": bool(xla),
+        "backend": adapter.short, "arch": spec.arch, "batch": int(batch), "precision": precision, "xla": bool(xla),
         "steps_per_call": int(steps_per_call), "width": spec.width, "resolution": spec.resolution, "loss": loss,
         "conv_transpose": conv_transpose,
         **timing_fields(times, steps_per_call, batch, step_flops(generator, discriminator, batch), peak_tflops),
         "warmup_calls": int(warmup), "trace_count": int(trainer.trace_count),
-        "device": device_name(), "tf_version": _version("tensorflow") if backend == "tensorflow" else None,
-        "jax_version": _version("jax") if backend == "jax" else None,
+        "device": device_name(), "tf_version": None, "jax_version": None,
+        f"{adapter.short}_version": _version(adapter.name),   # the version of the backend's library
         "keras_version": keras.__version__,
         "loadavg_before": load_before, "loadavg_after": loadavg(),
     }

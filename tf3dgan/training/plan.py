@@ -1,12 +1,16 @@
 """Everything a training run settles before TensorFlow loads: its settings, its folder, its data.
 
-:func:`prepare` turns a :class:`TrainConfig` (and the names of the flags the user actually gave)
-into a :class:`RunPlan`. It checks the settings, finds the run folder and the checkpoint to
-resume, takes **every** setting of a resumed run from its ``config.json`` (a flag given on the
-command line wins and is announced, one line per changed setting; the model flags and the seed
-cannot change), refuses a resume that has nothing left to train, locks the run folder against a
-second trainer, removes the temporary files an interrupted save left behind, and loads the data.
-None of this imports Keras, so a wrong path or a missing run is reported within a second.
+:func:`resolve` is the pure part: from a :class:`TrainConfig`, the names of the flags the user actually
+gave, the run's saved ``config.json`` and what its folder holds (:class:`RunFolder`) it makes the
+:class:`RunPlan` — it checks the settings, chooses the checkpoint to resume (:func:`choose_checkpoint`),
+takes **every** setting of a resumed run from its ``config.json`` (a flag given on the command line wins and
+is announced, one line per changed setting; the model flags and the seed cannot change), refuses a resume
+that has nothing left to train and, given the data, settles the model spec and clamps the batch size.
+
+:func:`prepare` is what ``fit`` calls: it reads the folder and ``config.json``, calls :func:`resolve`,
+locks the run folder against a second trainer, removes the temporary files an interrupted save left behind,
+and loads the data. None of this imports Keras, so a wrong path or a missing run is reported within a
+second. The plan then goes to :func:`tf3dgan.training.build.build` (backend, devices, models, trainer).
 """
 from __future__ import annotations
 
@@ -134,13 +138,19 @@ def lr_at(schedule, epoch: int) -> tuple[float, float]:
 # ---------------------------------------------------------------------- the plan
 @dataclass
 class RunPlan:
-    """A run ready to build: settled settings, its folder, what to resume from, its data."""
+    """A run ready to build: settled settings, its folder, what to resume from, its data.
+
+    Made by :func:`resolve` (pure) and :func:`prepare` (which also reads the disk, locks the folder and
+    loads the data). Without data (``data`` None) the data-dependent parts are not settled yet: the
+    model spec of a new run (``model``) and the batch (``batch``); :meth:`with_data` settles them.
+    The replicas are not part of the plan: they depend on the devices, so :func:`tf3dgan.training.build.build`
+    settles them (and refuses a batch that does not split evenly over them)."""
 
     cfg: TrainConfig
     dir: Path
     checkpoint: Path | None             # the checkpoint to resume from (None: a new run)
     saved: dict | None                  # the resumed run's config.json
-    model: dict | None                  # the resumed run's model spec (a new run's is made from the data)
+    model: dict | None                  # the run's model spec: a resumed run's own; a new run's once it has data
     data: object                        # data.VoxelDataset
     val: object | None
     schedule: list
@@ -148,6 +158,53 @@ class RunPlan:
     lock: object | None = None
     held_back: object | None = None     # training grids held back as --eval-every's reference (no -v)
     given: set = field(default_factory=set)   # the settings given explicitly
+    batch: int | None = None            # the batch size trained with (-b, at most the training grids)
+    notes: tuple = ()                   # warnings to show when the run starts (the batch clamp)
+
+    @property
+    def threshold(self) -> float:
+        """The run's one occupancy threshold (config.json's ``threshold``)."""
+        return runs.model_threshold(self.model)
+
+    def with_data(self, data, val=None, held_back=None) -> RunPlan:
+        """This plan with its data: a new run's model spec made for the data's resolution, the model
+        flags of ``cfg`` set to the model's, and the batch clamped to the training grids."""
+        cfg = dataclasses.replace(self.cfg)
+        model = self.model
+        if model is None:
+            model = make_spec(cfg.arch or "rasgan64", 1.0 if cfg.width is None else cfg.width, data.dim,
+                              cfg.output_activation).to_dict()
+        for key in MODEL_FLAGS:   # config.json's settings name the model trained
+            setattr(cfg, key, model[key])
+        batch, note = clamp_batch(cfg.batchsize, data)
+        return dataclasses.replace(self, cfg=cfg, model=model, data=data, val=val, held_back=held_back, batch=batch,
+                                   notes=self.notes + ((note,) if note else ()))
+
+
+def clamp_batch(batch: int, data) -> tuple[int, str | None]:
+    """The batch size to train with, and the warning when ``-b`` is more than the training grids."""
+    if batch > len(data):
+        return len(data), (f"warning: batch size {batch} is larger than the {len(data)} training grids in "
+                           f"{data.source}; using batch size {len(data)}")
+    return batch, None
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """What a run folder holds, as far as :func:`resolve` needs to know (read by :meth:`read`)."""
+
+    path: Path
+    exists: bool = False                # the folder is there
+    epochs: tuple = ()                  # the epochs of its numbered checkpoints, oldest first
+    latest: bool = False                # it has checkpoints/latest.npz
+    beside: tuple = ()                  # the runs in its parent folder (named when it does not exist)
+
+    @classmethod
+    def read(cls, path: Path) -> RunFolder:
+        path = Path(path)
+        exists = path.is_dir()
+        return cls(path, exists, tuple(runs.saved_epochs(path)), runs.checkpoint_path(path).exists(),
+                   () if exists else tuple(_runs_in(path.parent)))
 
 
 def resume_command(name: str, out) -> str:
@@ -241,43 +298,92 @@ def describe_change(key: str, old, new) -> str:
     return f"{key} {show(old)} → {show(new)} ({flag_of(key)})"
 
 
-def _checkpoint_for(cfg: TrainConfig, run_dir: Path) -> Path | None:
-    existing = runs.saved_epochs(run_dir) or runs.checkpoint_path(run_dir).exists()
-    if not cfg.load:
-        if existing:
+def choose_checkpoint(cfg: TrainConfig, folder: RunFolder) -> Path | None:
+    """The checkpoint a run resumes from (None: a new run): ``-le EPOCH``'s, else ``latest.npz``; a new run
+    in a folder that holds checkpoints, a resume of a missing run or of a missing checkpoint is refused."""
+    run_dir = folder.path
+    if not (cfg.load or cfg.load_epoch is not None):
+        if folder.epochs or folder.latest:
             raise Tf3dganError(f"{run_dir} already holds a run with checkpoints; resume it with "
                                f"{resume_command(cfg.name, cfg.out)} (add -le EPOCH for an earlier one), "
                                "or choose another -n name")
         return None
-    if not run_dir.is_dir():
-        raise CheckpointError(f"{run_dir}: no such run to resume (-l); check -n and --out "
-                              f"(runs there: {_runs_in(run_dir.parent)})")
+    if not folder.exists:
+        names = folder.beside
+        listed = ", ".join(names[:10]) + (" ..." if len(names) > 10 else "") if names else "none"
+        raise CheckpointError(f"{run_dir}: no such run to resume (-l); check -n and --out (runs there: {listed})")
     path = runs.checkpoint_path(run_dir, cfg.load_epoch)
-    if not path.exists():
-        epochs = runs.saved_epochs(run_dir)
-        if not epochs:
+    if cfg.load_epoch is None and not folder.latest or cfg.load_epoch is not None and cfg.load_epoch not in folder.epochs:
+        if not folder.epochs:
             raise CheckpointError(f"{run_dir} has no checkpoint yet (it stopped before its first -save); "
                                   "drop -l to start it afresh")
-        raise CheckpointError(f"{path}: no such checkpoint (saved epochs: {', '.join(map(str, epochs))}; "
+        raise CheckpointError(f"{path}: no such checkpoint (saved epochs: {', '.join(map(str, folder.epochs))}; "
                               f"-l alone resumes the newest)")
     return path
 
 
-def _runs_in(folder: Path) -> str:
+def _runs_in(folder: Path) -> list[str]:
     try:
-        names = sorted(p.name for p in folder.iterdir() if (p / runs.CONFIG_NAME).is_file())
+        return sorted(p.name for p in folder.iterdir() if (p / runs.CONFIG_NAME).is_file())
     except OSError:
-        names = []
-    return ", ".join(names[:10]) + (" ..." if len(names) > 10 else "") if names else "none"
+        return []
 
 
-def _check_not_done(cfg: TrainConfig, path: Path, run_dir: Path) -> None:
-    meta = runs.checkpoint_meta(path)
-    done = int(meta.get("epoch", 0))
-    if done >= cfg.epochs:
-        ask = (f"-e {cfg.epochs} asks for no more" if cfg.epochs < done else f"it is complete ({done} of {cfg.epochs} epochs)")
-        raise Tf3dganError(f"{run_dir} has trained {done} epochs already and {ask}; "
-                           f"give -e N with N > {done} to train on")
+def check_trained(plan: RunPlan, trained: int) -> None:
+    """Refuse a resume with nothing left to train: its checkpoint holds ``trained`` epochs, ``-e`` asks for no more."""
+    cfg = plan.cfg
+    if trained >= cfg.epochs:
+        ask = (f"-e {cfg.epochs} asks for no more" if cfg.epochs < trained
+               else f"it is complete ({trained} of {cfg.epochs} epochs)")
+        raise Tf3dganError(f"{plan.dir} has trained {trained} epochs already and {ask}; "
+                           f"give -e N with N > {trained} to train on")
+
+
+def resolve(config: TrainConfig, saved: dict | None = None, *, given: set[str] | None = None,
+            folder: RunFolder | None = None, trained: int | None = None, data=None, val=None,
+            held_back=None) -> RunPlan:
+    """The :class:`RunPlan` of ``config``: a function of what it is given alone (it reads no run folder or
+    data, writes nothing, takes no lock, prints nothing, imports no Keras; it only looks up the paths of
+    ``-d``/``-v``/``--lr-schedule`` to make them absolute).
+
+    ``saved``: the run's ``config.json`` when resuming (``-l``/``-le``); every setting not in ``given``
+    (default: the fields that differ from :class:`TrainConfig`'s defaults) comes from it, and a given model
+    flag or seed that differs is refused. ``folder``: what the run folder holds (default: nothing), which
+    decides the checkpoint (:func:`choose_checkpoint`). ``trained``: the epochs that checkpoint holds (a
+    resume with nothing left to train is refused). ``data`` (and ``val``, ``held_back``): the loaded data,
+    which settles the model spec of a new run and the batch size (:meth:`RunPlan.with_data`)."""
+    cfg = dataclasses.replace(config)
+    given = given_fields(cfg) if given is None else set(given)
+    if cfg.load_epoch is not None:
+        cfg.load = True
+    _check_settings(cfg)
+    run_dir = runs.run_path(cfg.out, cfg.name)
+    folder = RunFolder(run_dir) if folder is None else folder
+    checkpoint = choose_checkpoint(cfg, dataclasses.replace(folder, path=run_dir))
+    model, changes = None, []
+    if cfg.load:
+        if saved is None:
+            raise Tf3dganError(f"{run_dir / runs.CONFIG_NAME}: resuming needs the run's config.json")
+        cfg, changes = _reconcile(cfg, given, saved, run_dir)
+        model = saved.get("model")
+        if not model:
+            raise CheckpointError(f"{run_dir / runs.CONFIG_NAME}: has no model description")
+        _check_settings(cfg)
+    else:
+        saved = None
+        try:   # the model flags, checked before any data is read (a resumed run has its own)
+            make_spec(cfg.arch or "rasgan64", 1.0 if cfg.width is None else cfg.width, cfg.resolution,
+                      cfg.output_activation)
+        except ValueError as e:
+            raise Tf3dganError(f"model settings: {e}") from None
+        cfg.data, cfg.validation_data = absolute_spec(cfg.data), absolute_spec(cfg.validation_data)
+        if cfg.lr_schedule and os.path.isfile(cfg.lr_schedule):   # a schedule file, found from any folder
+            cfg.lr_schedule = str(Path(cfg.lr_schedule).resolve())
+    plan = RunPlan(cfg, run_dir, checkpoint, saved, model, None, None, [], changes, given=given)
+    if trained is not None and checkpoint is not None:
+        check_trained(plan, trained)
+    plan.schedule = parse_lr_schedule(cfg.lr_schedule, cfg.glr, cfg.dlr)
+    return plan if data is None else plan.with_data(data, val, held_back)
 
 
 def _is_chief(cfg: TrainConfig) -> bool:
@@ -314,45 +420,32 @@ def _take_folder(run_dir: Path, report=print):
 
 
 def prepare(cfg: TrainConfig, given: set[str] | None = None, report=print) -> RunPlan:
-    """Settle a run before any model is built (see the module docstring). ``given``: the settings
-    the user gave explicitly (default: those that differ from :class:`TrainConfig`'s defaults)."""
-    cfg = dataclasses.replace(cfg)
-    given = given_fields(cfg) if given is None else set(given)
-    if cfg.load_epoch is not None:
-        cfg.load = True
+    """Settle a run before any model is built (see the module docstring): :func:`resolve` on what the run
+    folder holds, then lock the folder and load the data. ``given``: the settings the user gave explicitly
+    (default: those that differ from :class:`TrainConfig`'s defaults)."""
+    load = cfg.load or cfg.load_epoch is not None
     _check_settings(cfg)
-    run_dir = runs.run_path(cfg.out, cfg.name)
-    checkpoint = _checkpoint_for(cfg, run_dir)
-    saved, model, changes = None, None, []
-    if cfg.load:
-        saved = runs.read_config(run_dir)
-        cfg, changes = _reconcile(cfg, given, saved, run_dir)
-        model = saved.get("model")
-        if not model:
-            raise CheckpointError(f"{run_dir / runs.CONFIG_NAME}: has no model description")
-        _check_settings(cfg)
-        _check_not_done(cfg, checkpoint, run_dir)
-    else:
-        try:   # the model flags, checked before any data is read (a resumed run has its own)
-            make_spec(cfg.arch or "rasgan64", 1.0 if cfg.width is None else cfg.width, cfg.resolution,
-                      cfg.output_activation)
-        except ValueError as e:
-            raise Tf3dganError(f"model settings: {e}") from None
-        cfg.data, cfg.validation_data = absolute_spec(cfg.data), absolute_spec(cfg.validation_data)
-        if cfg.lr_schedule and os.path.isfile(cfg.lr_schedule):   # a schedule file, found from any folder
-            cfg.lr_schedule = str(Path(cfg.lr_schedule).resolve())
-    schedule = parse_lr_schedule(cfg.lr_schedule, cfg.glr, cfg.dlr)
-    chief = _is_chief(cfg)
-    lock = _take_folder(run_dir, report) if chief and cfg.load else None
+    folder = RunFolder.read(runs.run_path(cfg.out, cfg.name))
+    saved = None
+    if load:
+        choose_checkpoint(cfg, folder)   # a missing run or checkpoint is refused before config.json is read
+        saved = runs.read_config(folder.path)
+    plan = resolve(cfg, saved, given=given, folder=folder)
+    if plan.checkpoint is not None:
+        check_trained(plan, int(runs.checkpoint_meta(plan.checkpoint).get("epoch", 0)))
+    chief = _is_chief(plan.cfg)
+    lock = _take_folder(plan.dir, report) if chief and plan.cfg.load else None
     try:
-        data, val, held_back = _load_data(cfg, model, report)
+        data, val, held_back = _load_data(plan.cfg, plan.model, report)
     except BaseException:
         if lock is not None:
             lock.release()
         raise
-    if chief and not cfg.load:
-        lock = _take_folder(run_dir, report)
-    return RunPlan(cfg, run_dir, checkpoint, saved, model, data, val, schedule, changes, lock, held_back, given)
+    if chief and not plan.cfg.load:
+        lock = _take_folder(plan.dir, report)
+    plan = plan.with_data(data, val, held_back)
+    plan.lock = lock
+    return plan
 
 
 def _load_data(cfg: TrainConfig, model: dict | None, report):
