@@ -191,3 +191,52 @@ def test_blender_command_numbers():
     x, y, z = spherical(90, 0, 2)                    # azimuth 90 is on +x, 0 on -y
     assert (x, y, z) == pytest.approx((2, 0, 0), abs=1e-12)
     assert spherical(0, 30, 2) == pytest.approx((0, -2 * np.cos(np.pi / 6), 1), abs=1e-12)
+
+
+STAND_IN = """import json
+import numpy as np
+import matplotlib.image as mpimg
+args = sys.argv[sys.argv.index("--") + 1:]
+size = int(args[args.index("--resolution") + 1])
+views = [args[i + 1:i + 6] for i, a in enumerate(args) if a == "--view"]
+with open(sys.argv[0] + ".json", "a") as f:
+    f.write(json.dumps({"views": views, "engine": args[args.index("--engine") + 1]}) + "\\n")
+for *_, png in views:
+    image = np.zeros((size, size, 4))
+    image[size // 4:-size // 4, size // 4:-size // 4] = 0.5   # a grey square on a transparent background
+    mpimg.imsave(png, image)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="uses a script with a #! line as a stand-in Blender")
+def test_render_model_called_directly_with_a_stand_in_blender(chair_obj, tmp_path):
+    """tf3dgan.outputs.render.render_model (what tools/render_class_view.py calls): the views of a file, or one view
+    from the given angles and the defaults, reach Blender, and the PNGs it writes are the result's outputs."""
+    import json
+
+    from tf3dgan.errors import Tf3dganError
+    from tf3dgan.outputs.render import DEFAULT_DISTANCE, DEFAULT_ELEVATION, DEFAULT_TILT, View, camera_views, render_model
+
+    fake = fake_blender(tmp_path / "stand-in", STAND_IN)
+    views = tmp_path / "views.txt"
+    views.write_text("0 20 0 2\n90 10 5 2.5\n")
+    turn = render_model(chair_obj, tmp_path / "turn.png", views_file=views, blender=str(fake), resolution=48,
+                        engine="workbench", samples=2)
+    assert turn.outputs == [tmp_path / "turn_0.png", tmp_path / "turn_1.png"] and turn.resolution == 48
+    for path in turn.outputs:
+        im = read_png(path)
+        assert im.shape[:2] == (48, 48) and 0.1 < (im[..., 3] > 0.25).mean() < 0.5
+    assert turn.summary() == (f"wrote 2 views to {turn.outputs[0]} ... turn_1.png (workbench, 48x48, "
+                              f"{turn.seconds:.1f} s)")
+    one = render_model(chair_obj, tmp_path / "one.png", azimuth=30, blender=str(fake), resolution=32)
+    assert one.outputs == [tmp_path / "one.png"] and read_png(one.outputs[0]).shape[:2] == (32, 32)
+    assert one.summary().startswith(f"wrote {tmp_path / 'one.png'} (cycles, 32x32, ")
+    calls = [json.loads(line) for line in (tmp_path / "stand-in.json").read_text().splitlines()]
+    assert [[float(x) for x in v[:4]] for v in calls[0]["views"]] == [[0, 20, 0, 2], [90, 10, 5, 2.5]]
+    assert [float(x) for x in calls[1]["views"][0][:4]] == pytest.approx([30, DEFAULT_ELEVATION, DEFAULT_TILT,
+                                                                            DEFAULT_DISTANCE])
+    assert (calls[0]["engine"], calls[1]["engine"]) == ("workbench", "cycles")
+    assert camera_views(views) == [View(0, 20, 0, 2), View(90, 10, 5, 2.5)]
+    with pytest.raises(Tf3dganError, match="either --views FILE or -a/-e/-t/-d"):
+        camera_views(views, elevation=3)
+    assert leftovers(tmp_path, {"stand-in", "stand-in.json", "views.txt", "turn_0.png", "turn_1.png", "one.png"}) == []

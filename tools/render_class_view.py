@@ -4,7 +4,8 @@
     python tools/render_class_view.py -m chair.obj -o chair.png                      # the original's view, cycles
     python tools/render_class_view.py -m savepoint/chairs/100.npy -o s.png --engine workbench -a 30 -e 20
     python tools/render_class_view.py -m chair.obj -o turn.png --views views.txt     # turn_0.png, turn_1.png, ...
-Needs Blender (apt-get install blender, or -b /path/to/blender); the scene is tf3dgan/blender_scene.py.
+Needs Blender (apt-get install blender, or -b /path/to/blender); the scene is tf3dgan/outputs/blender_scene.py,
+the work tf3dgan.outputs.render.render_model.
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import argparse
 import sys
 
 from tf3dgan.cli import HelpFormatter, run_tool
-from tf3dgan.errors import Tf3dganError
 from tf3dgan.outputs.render import (
     DEFAULT_AZIMUTH,
     DEFAULT_COLOR,
@@ -24,9 +24,7 @@ from tf3dgan.outputs.render import (
     DEFAULT_TILT,
     DEFAULT_TIMEOUT,
     ENGINES,
-    View,
-    read_views,
-    render,
+    render_model,
 )
 
 
@@ -67,21 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    single = (args.azimuth, args.elevation, args.tilt, args.distance)
-    if args.views is not None:
-        if any(v is not None for v in single):
-            raise Tf3dganError("give either --views FILE or -a/-e/-t/-d, not both")
-        views = read_views(args.views)
-    else:
-        defaults = (DEFAULT_AZIMUTH, DEFAULT_ELEVATION, DEFAULT_TILT, DEFAULT_DISTANCE)
-        views = [View(*(d if v is None else v for v, d in zip(single, defaults)))]
-    result = render(args.model_file, args.output_img, views, numbered=args.views is not None, engine=args.engine,
-                    samples=args.samples, resolution=args.resolution, color=args.color, blender=args.blender_path,
-                    timeout=args.timeout, verbose=args.verbose, up=args.up)
-    what = str(result.outputs[0]) if len(result.outputs) == 1 else \
-        f"{len(result.outputs)} views to {result.outputs[0]} ... {result.outputs[-1].name}"
-    source = f" of {result.source}" if result.source else ""
-    print(f"wrote {what}{source} ({args.engine}, {args.resolution}x{args.resolution}, {result.seconds:.1f} s)")
+    result = render_model(args.model_file, args.output_img, views_file=args.views, azimuth=args.azimuth,
+                          elevation=args.elevation, tilt=args.tilt, distance=args.distance, engine=args.engine,
+                          samples=args.samples, resolution=args.resolution, color=args.color,
+                          blender=args.blender_path, timeout=args.timeout, verbose=args.verbose, up=args.up)
+    print(result.summary())
 
 
 def main(argv: list[str] | None = None) -> int:

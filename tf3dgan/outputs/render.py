@@ -73,6 +73,15 @@ class RenderResult:
     command: list[str]
     source: str = ""                   # what was rendered, when the model was converted first
     log: list[str] = field(default_factory=list)
+    resolution: int = DEFAULT_RESOLUTION
+
+    def summary(self) -> str:
+        """The one line ``tools/render_class_view.py`` ends with."""
+        what = str(self.outputs[0]) if len(self.outputs) == 1 else \
+            f"{len(self.outputs)} views to {self.outputs[0]} ... {self.outputs[-1].name}"
+        source = f" of {self.source}" if self.source else ""
+        return (f"wrote {what}{source} ({self.engine}, {self.resolution}x{self.resolution}, "
+                f"{self.seconds:.1f} s)")
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -380,5 +389,29 @@ def render(model: str | os.PathLike, output: str | os.PathLike, views: list[View
                                f"Blender failed ({status}) while rendering {model}; its last lines are above")
         for tmp, out in zip(temps, outputs):
             check_png(tmp, out, resolution)
-    return RenderResult(outputs, engine, seconds, cmd, note, lines)
+    return RenderResult(outputs, engine, seconds, cmd, note, lines, resolution)
+
+
+def camera_views(views_file: str | os.PathLike | None = None, azimuth: float | None = None,
+                 elevation: float | None = None, tilt: float | None = None,
+                 distance: float | None = None) -> list[View]:
+    """The views of ``views_file`` (:func:`read_views`), or one view with the given angles and distance (the
+    defaults for those not given); a views file and single angles do not go together."""
+    single = (azimuth, elevation, tilt, distance)
+    if views_file is not None:
+        if any(v is not None for v in single):
+            raise Tf3dganError("give either --views FILE or -a/-e/-t/-d, not both")
+        return read_views(views_file)
+    defaults = (DEFAULT_AZIMUTH, DEFAULT_ELEVATION, DEFAULT_TILT, DEFAULT_DISTANCE)
+    return [View(*(d if v is None else v for v, d in zip(single, defaults)))]
+
+
+def render_model(model: str | os.PathLike, output: str | os.PathLike, *, views_file: str | os.PathLike | None = None,
+                 azimuth: float | None = None, elevation: float | None = None, tilt: float | None = None,
+                 distance: float | None = None, **settings) -> RenderResult:
+    """What ``tools/render_class_view.py`` does: :func:`render` ``model`` from the :func:`camera_views` of
+    ``views_file`` (one PNG each, ``<output stem>_<i>.png``) or of the single angles into ``output``;
+    ``settings``: :func:`render`'s engine, samples, resolution, color, blender, timeout, verbose and up."""
+    views = camera_views(views_file, azimuth, elevation, tilt, distance)
+    return render(model, output, views, numbered=views_file is not None, **settings)
 
