@@ -52,6 +52,7 @@ def test_train_cli_writes_the_whole_run_folder(tmp_path):
     assert generator(np.zeros((1, 200), np.float32)).shape == (1, 8, 8, 8, 1)
 
 
+@pytest.mark.slow
 def test_train_cli_on_real_voxels_and_batch_larger_than_the_dataset(tmp_path):
     data = FIXTURES / "modelnet10_chair_64_win_small.npz"
     proc = tool("train", "-n", "real", "-d", f"{data}:train", "-b", "24", "--width", "0.0625", "-e", "1",
@@ -62,6 +63,7 @@ def test_train_cli_on_real_voxels_and_batch_larger_than_the_dataset(tmp_path):
     assert config["batch_size"] == 12 and config["data"]["dim"] == 64
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_the_run_resumes(tmp_path):
     proc = start_tool("train", "-n", "sig", *TINY, "-e", "100000", "-save", "1000", "--out", tmp_path)
     run = tmp_path / "sig"
@@ -75,6 +77,7 @@ def test_sigterm_saves_and_the_run_resumes(tmp_path):
     assert f"done: {meta['epoch'] + 1} epochs" in again.stdout
 
 
+@pytest.mark.slow
 def test_sigkill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_path):
     assert tool("train", "-n", "kill", *TINY, "-e", "2", "-save", "1", "--out", tmp_path).returncode == 0
     run = tmp_path / "kill"
@@ -131,6 +134,7 @@ def test_bad_input_gives_one_clear_line(tmp_path, tiny_run):
     assert "somtambe_chair_32_small.npz" in mismatch and "32" in mismatch
 
 
+@pytest.mark.slow
 def test_train_at_a_smaller_resolution_pools_the_real_64_grids(tmp_path):
     data = FIXTURES / "modelnet10_chair_64_win_small.npz"
     proc = tool("train", "-n", "p", "-d", f"{data}:train", "--resolution", "16", "--pool-min", "2", "-b", "4",

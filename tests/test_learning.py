@@ -11,6 +11,7 @@ trained 640 steps (40 epochs, the test) 0.46–0.48 / 0.23–0.26, close_share 0
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from tf3dgan import metrics
 from tf3dgan.data import datasets as data
@@ -38,6 +39,7 @@ def test_degenerate_generators_fail_the_criterion():
     assert passes(metrics.sample_quality(copies, reference))
 
 
+@pytest.mark.slow
 def test_a_small_gan_learns_boxes(tmp_path):
     cfg = TrainConfig(name="learn", data=DATA, epochs=40, batchsize=32, glr=0.002, dlr=0.0002, width=0.125,
                       output_activation="sigmoid", sample=1000, save=40, graph=1000, graph3d=1000,

@@ -542,6 +542,7 @@ JAX_SCRIPT = textwrap.dedent(r"""
 
 
 @pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason="jax is not installed")
+@pytest.mark.slow
 def test_models_and_losses_run_under_jax():
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     # every eager JAX op is an XLA compile on CPU; cheaper compiles keep this test at seconds

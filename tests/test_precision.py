@@ -17,7 +17,7 @@ def trainer_in(precision, n=32, **kw):
     return GANTrainer(g, d, data, 8, batch_size=8, seed=3, precision=precision, d_rule="always", **kw)
 
 
-@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+@pytest.mark.parametrize("precision", ["mixed_float16", pytest.param("mixed_bfloat16", marks=pytest.mark.slow)])
 def test_mixed_precision_steps_are_finite_with_float32_logits(precision):
     import keras
 

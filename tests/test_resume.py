@@ -38,6 +38,7 @@ def _checkpoint_arrays(run, epoch=None):
     return arrays, meta
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_exactly_from_the_printed_command_alone(tmp_path):
     data = _boxes_npz(tmp_path / "work")
     out = tmp_path / "runs"
@@ -82,6 +83,7 @@ def _tiny(tmp_path, **kw):
     return TrainConfig(**base)
 
 
+@pytest.mark.slow
 def test_a_flag_given_with_l_wins_and_is_announced(tmp_path, capsys):
     from tf3dgan.training.loop import fit
 
@@ -192,6 +194,7 @@ def test_an_unwritable_or_full_run_folder_is_one_line(tmp_path, monkeypatch):
     assert leftovers == [], leftovers   # no temporary file left behind
 
 
+@pytest.mark.slow
 def test_outputs_name_the_model_and_share_one_step_axis(tmp_path):
     from tf3dgan.spec import describe, make_spec
     from tf3dgan.training.loop import fit
@@ -259,6 +262,7 @@ def test_a_schedule_file_is_stored_absolute(tmp_path, monkeypatch):
     assert plan.cfg.lr_schedule == str(tmp_path / "work" / "sched.json")
 
 
+@pytest.mark.slow
 def test_a_deterministic_tensorflow_run_resumes_under_jax(tmp_path):
     pytest.importorskip("jax")
     first = tool("train", "-n", "d", *TINY, "-e", "1", "--deterministic", "--out", tmp_path)
