@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 from tf3dgan.cli import HelpFormatter, run_tool
-from tf3dgan.data.voxelize import DEFAULT_METHOD, DEFAULT_TIMEOUT, METHODS, OUTPUT_FORMATS, ConvertOptions, convert_tree
-from tf3dgan.errors import Tf3dganError
+from tf3dgan.data.voxelize import DEFAULT_METHOD, DEFAULT_TIMEOUT, METHODS, OUTPUT_FORMATS, ConvertOptions, convert_meshes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,33 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def convert(args: argparse.Namespace) -> int:
     """Run the conversion; returns the number of failed files."""
-    if args.dim < 1:
-        raise Tf3dganError(f"--dim must be >= 1, got {args.dim}")
-    if args.jobs is not None and args.jobs < 1:
-        raise Tf3dganError(f"-j/--jobs must be >= 1, got {args.jobs}")
-    if args.timeout <= 0:
-        raise Tf3dganError(f"--timeout must be > 0, got {args.timeout}")
     options = ConvertOptions(dim=args.dim, method=args.method, center=args.center, format=args.format,
                              binvox_binary=args.binvox_binary, timeout=args.timeout, force=args.force)
-    start = time.perf_counter()
-    summary = convert_tree(args.model_dir, options, jobs=args.jobs, progress=None if args.progress else False,
-                           write_caches=args.cache)
-    seconds = time.perf_counter() - start
-    converted, skipped, failed = (summary.count(s) for s in ("converted", "skipped", "failed"))
-    if summary.caches:
-        print(f"wrote {len(summary.caches)} dataset cache(s) ({summary.caches[0].name})")
-    rate = f", {converted / seconds:.1f} meshes/s" if converted and seconds > 0 else ""
-    notes = ""
-    if skipped:
-        sides = " / ".join(f"{d}³" for d in summary.skipped_sides) or f"{args.dim}³"
-        notes += f"; skipped: their {sides} outputs exist (--force reconverts them)"
-    if summary.not_meshes:
-        n = len(summary.not_meshes)
-        notes += (f"; {n} {'entry' if n == 1 else 'entries'} named like a mesh {'is' if n == 1 else 'are'} "
-                  f"not a mesh file (warning{'' if n == 1 else 's'} above)")
-    print(f"converted {converted}, skipped {skipped}, failed {failed} of {len(summary.results)} mesh files "
-          f"in {seconds:.1f} s{rate}{notes}")
-    return failed
+    summary = convert_meshes(args.model_dir, options, jobs=args.jobs, progress=None if args.progress else False,
+                             write_caches=args.cache)
+    print(summary.describe())
+    return summary.count("failed")
 
 
 def main(argv: list[str] | None = None) -> int:

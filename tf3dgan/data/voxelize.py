@@ -501,9 +501,28 @@ class ConvertSummary(NamedTuple):
     cache_warnings: list  # one line per folder whose cache could not be written
     not_meshes: tuple = ()  # one line per entry named like a mesh that is not a mesh file (a folder)
     skipped_sides: tuple = ()  # grid sides of the outputs that were already there (skipped)
+    seconds: float = 0.0       # set by convert_meshes
+    dim: int = 64              # the grid side asked for (set by convert_meshes)
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
+
+    def describe(self) -> str:
+        """The closing lines of ``tools/convert_data.py``: the caches written (if any), then the counts."""
+        converted, skipped, failed = (self.count(s) for s in ("converted", "skipped", "failed"))
+        lines = [f"wrote {len(self.caches)} dataset cache(s) ({self.caches[0].name})"] if self.caches else []
+        rate = f", {converted / self.seconds:.1f} meshes/s" if converted and self.seconds > 0 else ""
+        notes = ""
+        if skipped:
+            sides = " / ".join(f"{d}³" for d in self.skipped_sides) or f"{self.dim}³"
+            notes += f"; skipped: their {sides} outputs exist (--force reconverts them)"
+        if self.not_meshes:
+            n = len(self.not_meshes)
+            notes += (f"; {n} {'entry' if n == 1 else 'entries'} named like a mesh {'is' if n == 1 else 'are'} "
+                      f"not a mesh file (warning{'' if n == 1 else 's'} above)")
+        lines.append(f"converted {converted}, skipped {skipped}, failed {failed} of {len(self.results)} mesh files "
+                     f"in {self.seconds:.1f} s{rate}{notes}")
+        return "\n".join(lines)
 
 
 def output_path(mesh_path: str | os.PathLike, fmt: str = "raw") -> Path:
@@ -837,6 +856,23 @@ def convert_tree(folder: str | os.PathLike, options: ConvertOptions = ConvertOpt
                 report(line)
     skipped_sides = () if options.force else tuple(sorted({side for _, side in found.same}))
     return ConvertSummary(results, caches, warnings_, tuple(not_meshes), skipped_sides)
+
+
+def convert_meshes(model_dir: str | os.PathLike, options: ConvertOptions = ConvertOptions(), *, jobs: int | None = None,
+                   progress: bool | None = None, write_caches: bool = True, report=print) -> ConvertSummary:
+    """What ``tools/convert_data.py`` does: check the settings, then :func:`convert_tree`; the summary carries
+    the time it took (and :meth:`ConvertSummary.describe` says it)."""
+    import time
+
+    if options.dim < 1:
+        raise Tf3dganError(f"--dim must be >= 1, got {options.dim}")
+    if jobs is not None and jobs < 1:
+        raise Tf3dganError(f"-j/--jobs must be >= 1, got {jobs}")
+    if options.timeout <= 0:
+        raise Tf3dganError(f"--timeout must be > 0, got {options.timeout}")
+    start = time.perf_counter()
+    summary = convert_tree(model_dir, options, jobs=jobs, progress=progress, write_caches=write_caches, report=report)
+    return summary._replace(seconds=time.perf_counter() - start, dim=options.dim)
 
 
 def update_cache(folder: Path, options: ConvertOptions, converted: int = 1, meshes: int = 1) -> tuple[str, Path | None]:
