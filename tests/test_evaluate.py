@@ -151,3 +151,26 @@ def test_evaluate_svm_scores_the_runs_discriminator_beside_an_untrained_one(tmp_
     assert svm["n_test"] <= 120 and svm["limit"] == 12 and svm["resolution"] == 8
     assert 0.1 < svm["svm_accuracy"] <= 1 and 0 <= svm["untrained"]["svm_accuracy"] <= 1   # above chance (10 classes)
     assert len(svm["per_class"]) == 10 and svm["paper_accuracy"] == 0.91
+
+
+def test_run_evaluation_called_directly_on_real_chairs(tmp_path):
+    """tf3dgan.metrics.evaluation.run_evaluation (what tools/evaluate.py calls): the fixture's 12 train chairs
+    against its 4 test chairs; the result it returns is the one it wrote, and the table names its numbers."""
+    from tf3dgan.errors import Tf3dganError
+    from tf3dgan.metrics.evaluation import run_evaluation
+
+    heard = []
+    done = run_evaluation(samples=f"{SMALL}:train", reference=f"{SMALL}:test", floor=f"{SMALL}:train",
+                          resolution=16, metrics=["iou", "jsd"], output=str(tmp_path / "r.json"), report=heard.append)
+    r = done.result
+    assert done.path == tmp_path / "r.json" and json.loads(done.path.read_text()) == json.loads(
+        json.dumps(r, sort_keys=True, default=float))
+    assert r["n_samples"] == r["n_reference"] == 4 and r["resolution"] == 16 and "svm" not in r
+    assert 0 <= r["nna_iou"] <= 1 and 0 <= r["cov_iou"] <= 1 and r["jsd"] >= 0 and "mmd_cd" not in r
+    assert 0 <= r["floor"]["nna_iou"] <= 1
+    assert done.text() and "\n3D-GAN SVM" not in done.text()
+    nowhere = run_evaluation(samples=f"{SMALL}:train", reference=f"{SMALL}:test", resolution=8, report=heard.append)
+    assert nowhere.path is None and nowhere.result["resolution"] == 8 and "nna_cd" in nowhere.result
+    assert any("fid and kid skipped" in line for line in heard), heard   # notes go to report, not to stdout
+    with pytest.raises(Tf3dganError, match="--svm scores a run's discriminator"):
+        run_evaluation(samples=f"{SMALL}:train", reference=f"{SMALL}:test", with_svm=True)

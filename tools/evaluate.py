@@ -4,6 +4,7 @@
     python tools/evaluate.py -n chair32                                    # the run's samples vs its -v data
     python tools/evaluate.py --samples S.npy --reference ../shared/data/voxels/modelnet10_chair_64_win.npz:test \\
         --resolution 32 --json
+The measuring is tf3dgan.metrics.evaluation.run_evaluation; this file parses the flags and prints its result.
 """
 from __future__ import annotations
 
@@ -60,28 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    from tf3dgan.errors import Tf3dganError
-    from tf3dgan.metrics import describe, evaluation
+    from tf3dgan.metrics.evaluation import run_evaluation
 
-    if args.svm and args.name is None:
-        raise Tf3dganError("--svm scores a run's discriminator: give -n RUN")
-    sets = evaluation.gather(run=args.name, out=args.out, load_epoch=args.load_epoch, samples=args.samples,
-                             reference=args.reference, count=args.count, resolution=args.resolution,
-                             threshold=args.threshold, pool_min=args.pool_min, seed=args.seed, floor=args.floor,
-                             batch=args.batch, metrics=args.metrics, report=lambda line: print(line, file=sys.stderr))
-    result = evaluation.evaluate(sets, args.metrics, args.seed, report=lambda line: print(line, file=sys.stderr))
-    if args.svm:
-        result["svm"] = evaluation.svm(sets.run_dir, args.load_epoch, args.svm_data, args.seed, args.svm_limit,
-                                       report=lambda line: print(line, file=sys.stderr))
-    path = evaluation.write_result(result, sets, args.output)
-    if args.json:
-        print(json.dumps(result, sort_keys=True, default=float))
-    else:
-        print(describe(result))
-        if args.svm:
-            print(evaluation.describe_svm(result["svm"]))
-    if path is not None:
-        print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
+    done = run_evaluation(run=args.name, samples=args.samples, out=args.out, load_epoch=args.load_epoch,
+                          reference=args.reference, floor=args.floor, count=args.count, resolution=args.resolution,
+                          pool_min=args.pool_min, threshold=args.threshold, metrics=args.metrics, with_svm=args.svm,
+                          svm_data=args.svm_data, svm_limit=args.svm_limit, seed=args.seed, batch=args.batch,
+                          output=args.output, report=lambda line: print(line, file=sys.stderr))
+    print(json.dumps(done.result, sort_keys=True, default=float) if args.json else done.text())
+    if done.path is not None:
+        print(f"wrote {done.path}", file=sys.stderr if args.json else sys.stdout)
 
 
 def main(argv: list[str] | None = None) -> int:

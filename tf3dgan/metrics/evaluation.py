@@ -230,3 +230,38 @@ def svm(run_dir: Path, epoch: int | None, data_dir: str, seed: int = 0, limit: i
 def describe_svm(r: dict) -> str:
     return (f"3D-GAN SVM (D features, ModelNet10 test split, {r['n_test']} grids): {r['svm_accuracy']:.1%} "
             f"(untrained D of the same architecture: {r['untrained']['svm_accuracy']:.1%}; 3D-GAN's: 91.0 %)")
+
+
+@dataclass
+class Evaluation:
+    """What :func:`run_evaluation` measured (``result``, JSON-ready) and where it wrote it (``path``, or None)."""
+
+    result: dict
+    sets: Sets
+    path: Path | None
+
+    def text(self) -> str:
+        """The result as the table (and the SVM line) the tool prints."""
+        from tf3dgan.metrics.registry import describe
+
+        return describe(self.result) + (f"\n{describe_svm(self.result['svm'])}" if "svm" in self.result else "")
+
+
+def run_evaluation(*, run: str | None = None, samples: str | None = None, out: str = "savepoint",
+                   load_epoch: int | None = None, reference: str | None = None, floor: str | None = None,
+                   count: int | None = None, resolution: int | None = None, pool_min: int | None = None,
+                   threshold: float | None = None, metrics=None, with_svm: bool = False,
+                   svm_data: str = "../shared/data/voxels", svm_limit: int | None = None, seed: int = 0,
+                   batch: int = 16, output: str | None = None, report=print) -> Evaluation:
+    """Everything ``tools/evaluate.py`` does: :func:`gather` the sets, :func:`evaluate` them, with ``with_svm`` add
+    the 3D-GAN SVM protocol of the run's D (:func:`svm`), and :func:`write_result` (to ``output``, else the run's
+    ``metrics/<epoch>.json``). ``report`` hears the progress lines."""
+    if with_svm and run is None:
+        raise Tf3dganError("--svm scores a run's discriminator: give -n RUN")
+    sets = gather(run=run, out=out, load_epoch=load_epoch, samples=samples, reference=reference, count=count,
+                  resolution=resolution, threshold=threshold, pool_min=pool_min, seed=seed, floor=floor,
+                  batch=batch, metrics=metrics, report=report)
+    result = evaluate(sets, metrics, seed, report=report)
+    if with_svm:
+        result["svm"] = svm(sets.run_dir, load_epoch, svm_data, seed, svm_limit, report=report)
+    return Evaluation(result, sets, write_result(result, sets, output))
