@@ -10,19 +10,12 @@ import argparse
 import sys
 
 from tf3dgan.cli import HelpFormatter, run_tool
-from tf3dgan.data.voxel_check import check_voxelizer, format_table
+from tf3dgan.data.voxel_check import check_voxelizer
 
 
 def compare(args: argparse.Namespace) -> None:
     verbose = (lambda value, key, rel: print(f"{value:.4f}  {key:48s} {rel}")) if args.verbose else None
-    result = check_voxelizer(args.ref_dir, args.mesh_dir, args.methods, on_file=verbose)
-    for line in result.warnings:
-        print(line)
-    for line in result.failures:
-        print(f"failed: {line}")
-    print(format_table(result.rows))
-    if result.failures:
-        print(f"{len(result.failures)} mesh file(s) could not be read")
+    print(check_voxelizer(args.ref_dir, args.mesh_dir, args.methods, on_file=verbose).describe())
 
 
 def build_parser() -> argparse.ArgumentParser:

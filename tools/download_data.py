@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from tf3dgan.cli import HelpFormatter, run_tool
-from tf3dgan.data.modelnet import DATASETS, Dataset, human_size, needs_download, prepare
+from tf3dgan.data.modelnet import DATASETS, Dataset, needs_download, prepare
 from tf3dgan.errors import Tf3dganError
 
 MENU = {"1": "modelnet10", "2": "modelnet40-aligned"}
@@ -76,14 +76,8 @@ def run(args: argparse.Namespace) -> None:
             print("download cancelled; nothing was written")
             return
     log = lambda msg: print(msg, flush=True)   # noqa: E731
-    result = prepare(ds, args.dest, url=args.url, keep_archive=args.keep_archive,
-                     progress=None if args.progress else False, timeout=args.timeout, log=log)
-    where = result.folder.resolve()
-    if result.already:
-        print(f"{ds.folder} is already there: {where} exists, nothing to do (delete it to download again)")
-        return
-    kept = f"; the archive is kept at {result.archive.resolve()}" if result.archive else ""
-    print(f"wrote {ds.folder}: {result.files} files, {human_size(result.bytes)} in {where}{kept}")
+    print(prepare(ds, args.dest, url=args.url, keep_archive=args.keep_archive, progress=None if args.progress else False,
+                  timeout=args.timeout, log=log).summary())
 
 
 def main(argv: list[str] | None = None) -> int:

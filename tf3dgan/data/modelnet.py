@@ -534,6 +534,14 @@ class Result:
     files: int = 0
     bytes: int = 0
 
+    def summary(self) -> str:
+        """The one line ``tools/download_data.py`` ends with."""
+        where = self.folder.resolve()
+        if self.already:
+            return f"{self.dataset.folder} is already there: {where} exists, nothing to do (delete it to download again)"
+        kept = f"; the archive is kept at {self.archive.resolve()}" if self.archive else ""
+        return f"wrote {self.dataset.folder}: {self.files} files, {human_size(self.bytes)} in {where}{kept}"
+
 
 def human_size(n: int) -> str:
     """``n`` bytes as ``'4.4 KB'``, ``'451.2 MB'``, ``'2.0 GB'`` (powers of 1000)."""

@@ -37,6 +37,13 @@ class CheckResult(NamedTuple):
     failures: list  # one line per mesh that could not be read
     warnings: tuple = ()  # one line per entry named like a mesh that is not a mesh file (a folder)
 
+    def describe(self) -> str:
+        """What ``tools/check_voxelizer.py`` prints: the warnings, the unreadable meshes, the IoU table."""
+        lines = [*self.warnings, *(f"failed: {line}" for line in self.failures), format_table(self.rows)]
+        if self.failures:
+            lines.append(f"{len(self.failures)} mesh file(s) could not be read")
+        return "\n".join(lines)
+
 
 def references(ref_dir: Path, rel: Path) -> list[Check]:
     """The reference files of mesh ``rel`` (its path relative to the mesh folder, suffix dropped)."""
