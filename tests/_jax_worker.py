@@ -34,7 +34,7 @@ from tf3dgan.data.datasets import pack  # noqa: E402
 from tf3dgan.data.synthetic import make_shapes  # noqa: E402
 from tf3dgan.errors import CheckpointError  # noqa: E402
 from tf3dgan.models.networks import build_models  # noqa: E402
-from tf3dgan.training import runs  # noqa: E402
+from tf3dgan.training import checkpoint_keys, runs  # noqa: E402
 from tf3dgan.training.backends.jax import JaxGANTrainer, cpu_friendly_convolutions, make_distribution  # noqa: E402
 
 # the configuration of tests/test_training.py's tiny_trainer: rasgan64 at 8³, width 1/8, 32 boxes
@@ -49,10 +49,10 @@ def tiny(loss="rasgan", d_rule=None, precision="float32", seed=3, res=8, **kw):
 
 
 def trainable_keys(trainer, prefix):
-    """Checkpoint keys (``g/NNN`` / ``d/NNN``) of the model's trainable weights."""
+    """Checkpoint keys (``g/...`` / ``d/...``) of the model's trainable weights."""
     model = trainer.G if prefix == "g" else trainer.D
     ids = {id(v) for v in model.trainable_variables}
-    return [f"{prefix}/{i:03d}" for i, w in enumerate(model.weights) if id(w) in ids]
+    return [key for key, w, _ in checkpoint_keys.model_keys(model, prefix) if id(w) in ids]
 
 
 def same(a: dict, b: dict, keys) -> bool:
@@ -96,13 +96,13 @@ def compile_once(inp, out):
             types.append(all(isinstance(v, jax.Array) and v.shape == (2,) for v in m.values()))
     finite = all(np.isfinite(np.asarray(v)).all() for k, v in m.items() if k != "val_loss")
     errors = []
-    for bad in ({"g/000": np.zeros((3, 3), np.float32)}, {"trainer/rng": np.zeros(2, np.int64)}):
+    for bad in ({"g/blocks.0.dense/kernel": np.zeros((3, 3), np.float32)}, {"trainer/rng": np.zeros(2, np.int64)}):
         try:
             t.load_state_arrays(dict(t.state_arrays(), **bad), source="bad.npz")
         except CheckpointError as e:
             errors.append(str(e))
     missing = t.state_arrays()
-    del missing["opt_d/003"]
+    del missing["opt_d/blocks.0.conv3d/kernel/velocity"]
     try:
         t.load_state_arrays(missing, source="bad.npz")
     except CheckpointError as e:
@@ -177,7 +177,7 @@ def float16(inp, out):
     normal = steps(t, 4, per_call=1)             # finite steps: the scale stays, the counters count
     s0 = t.state_arrays()
     # inject an overflow: a loss scale of 2^28 makes the float16 gradients infinite
-    t.load_state_arrays(dict(s0, **{"opt_g_scale/003": np.float32(2.0**28), "opt_d_scale/003": np.float32(2.0**28)}))
+    t.load_state_arrays(dict(s0, **{"opt_g_scale/dynamic_scale": np.float32(2.0**28), "opt_d_scale/dynamic_scale": np.float32(2.0**28)}))
     t.start_epoch()
     history, g_changed, opt_g_changed = [t.state_arrays()], [], []
     for _ in range(16):                          # the scale halves on every overflow, then stays
@@ -188,7 +188,7 @@ def float16(inp, out):
         g_changed.append(not same(history[-2], history[-1], g_train))
         opt_g_changed.append(not same(history[-2], history[-1], [k for k in s0 if k.startswith("opt_g/")]))
     # growth: after dynamic_growth_steps (2000) finite steps in a row the scale doubles
-    t.load_state_arrays(dict(history[-1], **{"opt_g_scale/002": np.int64(1997)}))
+    t.load_state_arrays(dict(history[-1], **{"opt_g_scale/step_counter": np.int64(1997)}))
     grow = []
     for _ in range(3):
         if t.position >= t.steps_per_epoch:
@@ -196,14 +196,14 @@ def float16(inp, out):
         grow.append(np.asarray(t.train_steps(1)["loss_scale"])[0])
     end = t.state_arrays()
     return dict({f"normal_{k}": v for k, v in normal.items()}, logits_dtype=str(logits.dtype),
-                counter_after_normal=s0["opt_g_scale/002"], scale_after_normal=s0["opt_g_scale/003"],
-                scales=np.array([h["opt_g_scale/003"] for h in history]),
-                d_scales=np.array([h["opt_d_scale/003"] for h in history]),
-                counters=np.array([h["opt_g_scale/002"] for h in history]),
-                iterations=np.array([h["opt_g/000"] for h in history]),
+                counter_after_normal=s0["opt_g_scale/step_counter"], scale_after_normal=s0["opt_g_scale/dynamic_scale"],
+                scales=np.array([h["opt_g_scale/dynamic_scale"] for h in history]),
+                d_scales=np.array([h["opt_d_scale/dynamic_scale"] for h in history]),
+                counters=np.array([h["opt_g_scale/step_counter"] for h in history]),
+                iterations=np.array([h["opt_g/iteration"] for h in history]),
                 g_changed=np.array(g_changed), opt_g_changed=np.array(opt_g_changed), grow_scale=np.array(grow),
-                counter_end=end["opt_g_scale/002"], scale_end=end["opt_g_scale/003"],
-                scale_dtype=str(end["opt_g_scale/003"].dtype), counter_dtype=str(end["opt_g_scale/002"].dtype),
+                counter_end=end["opt_g_scale/step_counter"], scale_end=end["opt_g_scale/dynamic_scale"],
+                scale_dtype=str(end["opt_g_scale/dynamic_scale"].dtype), counter_dtype=str(end["opt_g_scale/step_counter"].dtype),
                 trace_count=t.trace_count)
 
 

@@ -45,6 +45,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from tf3dgan.errors import CheckpointError, DataError, Tf3dganError
+from tf3dgan.training import checkpoint_keys
 
 __all__ = ["CLASSES", "DEFAULT_CS", "DEFAULT_DATA_DIR", "PAPER_ACCURACY", "LinearSVM", "class_file", "d_features",
            "feature_layers", "fit_linear_svm", "load_discriminator", "load_modelnet10", "svm_protocol",
@@ -95,14 +96,7 @@ def load_discriminator(run_dir: str | Path, epoch: int | None = None, dtype_poli
         _, discriminator = build_from_config(meta["model"], dtype_policy=dtype_policy)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{source}: cannot rebuild its model ({e})") from None
-    values = [(v, arrays.get(f"d/{i:03d}")) for i, v in enumerate(discriminator.weights)]
-    for i, (v, value) in enumerate(values):
-        if value is None or tuple(value.shape) != tuple(v.shape):
-            raise CheckpointError(f"{source}: discriminator weight d/{i:03d} is missing or has the wrong shape")
-    if f"d/{len(values):03d}" in arrays:
-        raise CheckpointError(f"{source}: holds more discriminator weights than its model has")
-    for v, value in values:
-        v.assign(value)
+    checkpoint_keys.load_model_weights(discriminator, "d", arrays, str(source))
     discriminator.checkpoint_meta = dict(meta)
     return discriminator, discriminator.spec.to_dict(), source
 

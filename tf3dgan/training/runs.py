@@ -296,17 +296,13 @@ def load_generator(run_dir: Path | None = None, weights: Path | None = None, epo
     state (``checkpoints/latest.npz``, else ``generator.weights.h5``)."""
     source = generator_source(run_dir, weights, epoch)
     from tf3dgan.models.networks import build_from_config
+    from tf3dgan.training import checkpoint_keys
     if source.suffix == ".npz":
         arrays, meta = load_checkpoint(source)
         if "model" not in meta:
             raise CheckpointError(f"{source}: checkpoint metadata has no model description")
         generator, _ = build_from_config(meta["model"], dtype_policy=dtype_policy)
-        values = [(v, arrays.get(f"g/{i:03d}")) for i, v in enumerate(generator.weights)]
-        for i, (v, value) in enumerate(values):
-            if value is None or tuple(value.shape) != tuple(v.shape):
-                raise CheckpointError(f"{source}: generator weight g/{i:03d} is missing or has the wrong shape")
-        for v, value in values:
-            v.assign(value)
+        checkpoint_keys.load_model_weights(generator, "g", arrays, str(source))
         return generator, source
     config_dir = Path(run_dir) if run_dir is not None else source.parent
     generator, _ = build_from_config(read_config(config_dir)["model"], dtype_policy=dtype_policy)

@@ -6,9 +6,9 @@
 adapter (:mod:`tf3dgan.training.backends`) supplies only what is backend-specific: how the step of
 :mod:`tf3dgan.training.algorithm` is compiled and where its state lives.
 
-The checkpoint layout is here too: the keys under which ``state_arrays`` stores the models' weights and
-the optimizers' variables.  Both backends take the keys from :func:`checkpoint_variables`, which is what
-makes a checkpoint written on one backend load on the other.
+Both backends key their checkpoints by :mod:`tf3dgan.training.checkpoint_keys` (the models' and
+optimizers' variables by their place in the model, then ``trainer/<rule state>`` and ``trainer/rng``), which
+is what makes a checkpoint written on one backend load on the other.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import keras
 import numpy as np
 
 from tf3dgan.choices import D_RULES, PRECISIONS  # noqa: F401  (re-exported)
-from tf3dgan.errors import CheckpointError
 from tf3dgan.models import losses
+from tf3dgan.training import checkpoint_keys
 from tf3dgan.training.algorithm import METRICS, RULE_STATE, StepSettings  # noqa: F401  (METRICS, RULE_STATE re-exported)
 
 
@@ -39,34 +39,6 @@ def adam(lr: float, float16: bool):
     """The seeds' Adam (β1 = 0.5), wrapped in a dynamic loss scaler for ``mixed_float16``."""
     opt = keras.optimizers.Adam(learning_rate=lr, beta_1=0.5)
     return keras.optimizers.LossScaleOptimizer(opt) if float16 else opt
-
-
-def checkpoint_variables(generator, discriminator, opt_g, opt_d) -> list:
-    """``(key, variable)`` for the models' weights (``g/NNN``, ``d/NNN``, in ``model.weights``
-    order) and the optimizers' variables.  Adam's own variables are keyed the same with or
-    without loss scaling (``opt_g/NNN``); the loss scaler's extra variables go under
-    ``opt_g_scale/NNN`` (optional on load), so a run can resume in another precision."""
-    groups = {"g": generator.weights, "d": discriminator.weights}
-    for name, opt in (("opt_g", opt_g), ("opt_d", opt_d)):
-        inner = getattr(opt, "inner_optimizer", opt)
-        groups[name] = inner.variables
-        groups[f"{name}_scale"] = [v for v in opt.variables if not any(v is w for w in inner.variables)]
-    return [(f"{group}/{i:03d}", v) for group, variables in groups.items() for i, v in enumerate(variables)]
-
-
-def checkpoint_entry(arrays: dict, key: str, shape: tuple, source: str):
-    """``arrays[key]`` as a NumPy array, checked against the run's ``shape``; ``None`` for a
-    missing loss-scaler entry (saved without loss scaling: keep the initial scale).  A missing
-    or mis-shaped entry is a CheckpointError naming ``source``."""
-    if key not in arrays:
-        if key.split("/")[0].endswith("_scale"):
-            return None
-        raise CheckpointError(f"{source}: has no entry {key!r} (saved by a different model, loss or precision?)")
-    value = np.asarray(arrays[key])
-    if tuple(value.shape) != tuple(shape):
-        raise CheckpointError(f"{source}: entry {key!r} has shape {value.shape}, the run expects "
-                              f"{tuple(shape)} (different architecture, width or dataset size?)")
-    return value
 
 
 class Trainer:
@@ -132,3 +104,8 @@ class Trainer:
 
     def sync_models(self) -> None:
         """Make the Keras models' variables hold the trained weights (before ``G.save_weights`` or ``G(z)``)."""
+
+    def manifest(self) -> dict:
+        """What ``state_arrays`` holds besides the rule state and RNG: key -> the variable's path, shape, dtype
+        (for a checkpoint's metadata)."""
+        return checkpoint_keys.manifest(checkpoint_keys.checkpoint_variables(self.G, self.D, self.opt_g, self.opt_d))

@@ -41,10 +41,10 @@ import keras
 import numpy as np
 from jax import lax
 
-from tf3dgan.training import algorithm
+from tf3dgan.training import algorithm, checkpoint_keys
 from tf3dgan.training.algorithm import RULE_STATE
 from tf3dgan.training.backends.jax_convolutions import conv_lhs_dilated, conv_strided, cpu_friendly_convolutions  # noqa: F401  (re-exported)
-from tf3dgan.training.trainer import Trainer, checkpoint_entry, checkpoint_variables
+from tf3dgan.training.trainer import Trainer
 
 RNG_IMPL = "threefry2x32"
 RNG_TAG = 0x4A41585F6B6579   # "JAX_key": marks a trainer/rng array that holds a JAX key
@@ -275,8 +275,8 @@ class JaxGANTrainer(Trainer):
             where.update({id(v): (f"{prefix}_nt", i) for i, v in enumerate(model.non_trainable_variables)})
         for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d)):
             where.update({id(v): (name, i) for i, v in enumerate(opt.variables)})
-        layout = []
-        for key, v in checkpoint_variables(self.G, self.D, self.opt_g, self.opt_d):
+        layout, self._entries = [], checkpoint_keys.checkpoint_variables(self.G, self.D, self.opt_g, self.opt_d)
+        for key, v, _ in self._entries:
             dtype = np.dtype(v.dtype)
             if dtype.kind in "iu" and not key.startswith(("g/", "d/")):
                 dtype = np.dtype(np.int64)   # optimizer counters: Keras "int" is int64 under TensorFlow
@@ -354,9 +354,9 @@ class JaxGANTrainer(Trainer):
         return out
 
     def _assign_models(self, arrays: dict[str, np.ndarray]) -> None:
-        for prefix, model in (("g", self.G), ("d", self.D)):
-            for i, w in enumerate(model.weights):
-                w.assign(np.array(arrays[f"{prefix}/{i:03d}"]))   # a host copy: never a donated buffer
+        for key, w, _ in self._entries:
+            if key.split("/")[0] in checkpoint_keys.MODEL_GROUPS:
+                w.assign(np.array(arrays[key]))   # a host copy: never a donated buffer
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Every variable of the run (weights, optimizer slots, rule state, RNG) as NumPy arrays, keyed and
@@ -364,14 +364,17 @@ class JaxGANTrainer(Trainer):
         return self._state_numpy()
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray], source: str = "checkpoint") -> None:
-        """Restore ``state_arrays`` output (from either backend); a missing or mis-shaped entry is
-        a CheckpointError."""
+        """Restore ``state_arrays`` output (from either backend, or a checkpoint with positional keys); a
+        missing or mis-shaped entry is a CheckpointError naming the variable."""
+        arrays = checkpoint_keys.upgrade(arrays, self._entries)
+        variables = {key: v for key, v, _ in self._entries}
         host = jax.device_get(self._state)
         host = {k: list(v) if isinstance(v, list) else v for k, v in host.items()}
         foreign = None
         for key, group, index, _ in self._layout:
             current = np.asarray(host[group] if index is None else host[group][index])
-            value = checkpoint_entry(arrays, key, (3,) if key == "trainer/rng" else current.shape, source)
+            like = variables[key] if key in variables else np.empty((3,) if key == "trainer/rng" else current.shape)
+            value = checkpoint_keys.entry(arrays, key, like, source, optional=key.split("/")[0].endswith("_scale"))
             if value is None:
                 continue
             if key == "trainer/rng":

@@ -40,8 +40,8 @@ import numpy as np
 import tensorflow as tf
 
 from tf3dgan.errors import Tf3dganError
-from tf3dgan.training import algorithm
-from tf3dgan.training.trainer import D_RULES, METRICS, PRECISIONS, Trainer, checkpoint_entry, checkpoint_variables
+from tf3dgan.training import algorithm, checkpoint_keys
+from tf3dgan.training.trainer import D_RULES, METRICS, PRECISIONS, Trainer
 
 __all__ = ["GANTrainer", "D_RULES", "METRICS", "PRECISIONS", "default_precision", "make_strategy", "split_cpu",
            "tune_for_device"]
@@ -281,22 +281,25 @@ class GANTrainer(Trainer):
 
     # ------------------------------------------------------------------ checkpoint state
     def _named_variables(self):
-        """``(key, variable)`` for everything in a checkpoint: ``trainer.checkpoint_variables``
-        (weights, optimizers), then the rule state and the RNG."""
-        yield from checkpoint_variables(self.G, self.D, self.opt_g, self.opt_d)
+        """``(key, variable, positional key)`` for everything in a checkpoint: the models' and optimizers'
+        variables (:func:`checkpoint_keys.checkpoint_variables`), then the rule state and the RNG."""
+        yield from checkpoint_keys.checkpoint_variables(self.G, self.D, self.opt_g, self.opt_d)
         for key, v in self._state.items():
-            yield f"trainer/{key}", v
-        yield "trainer/rng", self.rng.state
+            yield f"trainer/{key}", v, None
+        yield "trainer/rng", self.rng.state, None
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Every variable of the run (weights, optimizer slots, rule state, RNG) as NumPy arrays."""
-        return {key: np.array(v.numpy()) for key, v in self._named_variables()}
+        return {key: np.array(v.numpy()) for key, v, _ in self._named_variables()}
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray], source: str = "checkpoint") -> None:
-        """Restore ``state_arrays`` output; a missing or mis-shaped entry is a CheckpointError."""
+        """Restore ``state_arrays`` output (or a checkpoint with positional keys); a missing or mis-shaped
+        entry is a CheckpointError naming the variable."""
+        entries = list(self._named_variables())
+        arrays = checkpoint_keys.upgrade(arrays, entries)
         pending = []
-        for key, v in self._named_variables():
-            value = checkpoint_entry(arrays, key, v.shape, source)
+        for key, v, _ in entries:
+            value = checkpoint_keys.entry(arrays, key, v, source, optional=key.split("/")[0].endswith("_scale"))
             if value is not None:
                 pending.append((v, value))
         for v, value in pending:
