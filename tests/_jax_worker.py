@@ -177,7 +177,8 @@ def float16(inp, out):
     normal = steps(t, 4, per_call=1)             # finite steps: the scale stays, the counters count
     s0 = t.state_arrays()
     # inject an overflow: a loss scale of 2^28 makes the float16 gradients infinite
-    t.load_state_arrays(dict(s0, **{"opt_g_scale/dynamic_scale": np.float32(2.0**28), "opt_d_scale/dynamic_scale": np.float32(2.0**28)}))
+    t.load_state_arrays(dict(s0, **{"opt_g_scale/dynamic_scale": np.float32(2.0**28),
+                                    "opt_d_scale/dynamic_scale": np.float32(2.0**28)}))
     t.start_epoch()
     history, g_changed, opt_g_changed = [t.state_arrays()], [], []
     for _ in range(16):                          # the scale halves on every overflow, then stays

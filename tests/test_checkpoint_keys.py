@@ -89,6 +89,8 @@ def test_a_run_saved_with_positional_keys_resumes_as_the_old_code_continued_it(t
     assert "resumed" in proc.stdout and "epoch 3/3" in proc.stdout
     arrays, meta = runs.load_checkpoint(tmp_path / "v0-positional" / "checkpoints" / "latest.npz")
     assert meta["epoch"] == 3 and not checkpoint_keys.is_positional(arrays) and "g/blocks.0.dense/kernel" in arrays
+    assert meta["manifest"]["g/blocks.0.dense/kernel"]["shape"] == list(arrays["g/blocks.0.dense/kernel"].shape)
+    assert set(meta["manifest"]) == {k for k in arrays if not k.startswith(("trainer/", "history/"))}
     old, _ = runs.load_checkpoint(FIXTURE / "checkpoints" / "latest.npz")
     np.testing.assert_array_equal(arrays["history/d_loss"][:8], old["history/d_loss"])   # the saved epochs, kept
     # epoch 3 is the step the old code (039c6e8) took from the same checkpoint: same batches, latents, losses

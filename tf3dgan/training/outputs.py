@@ -182,7 +182,7 @@ class RunOutputs:
         arrays.update({f"history/{k}": v for k, v in run.history.items()})
         meta = {"epoch": run.epoch, "step_in_epoch": run.trainer.position, "model": run.spec,
                 "precision": run.precision, "loss": run.trainer.objective.name, "backend": run.backend.name,
-                "time": time.time()}
+                "time": time.time(), "manifest": run.trainer.manifest()}   # key -> the variable's path, shape, dtype
         return runs.save_checkpoint(self.dir, arrays, meta, numbered=numbered, keep=run.cfg.keep, name=name)
 
     def export_generator(self) -> Path:
