@@ -1,7 +1,7 @@
 """Render a model to a PNG with Blender (the original render_class_view.py stage), from the host side.
 
 The original called Blender 2.7x with a ``.blend`` file; here the scene is built from Blender's factory settings by
-``tf3dgan/blender_scene.py`` (Blender 3.4 and 4.x), which this module runs as::
+``tf3dgan/outputs/blender_scene.py`` (Blender 3.4 and 4.x), which this module runs as::
 
     blender -b --factory-startup -noaudio --python-exit-code 1 --python blender_scene.py -- <scene arguments>
 
