@@ -76,6 +76,7 @@ def test_table_formatting():
     assert "xla spc4" in lines[2] and lines[2].rstrip().endswith("12.3")
 
 
+@pytest.mark.slow
 def test_cli_json_tiny_run(tmp_path):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, str(ROOT / "tools" / "bench.py"), "--arch", "rasgan64", "--resolution",
@@ -161,6 +162,7 @@ def test_bench_options_check_count_and_child_flags(tmp_path):
             BenchOptions(**{"backend": ["tf"], **kwargs}).check()
 
 
+@pytest.mark.slow
 def test_run_bench_times_a_tiny_step_in_process(tmp_path):
     import io
 

@@ -82,6 +82,7 @@ def test_a_positional_checkpoint_is_read_by_position_into_the_named_variables():
         np.testing.assert_array_equal(np.asarray(w), arrays[old], err_msg=key)
 
 
+@pytest.mark.slow
 def test_a_run_saved_with_positional_keys_resumes_as_the_old_code_continued_it(tmp_path):
     shutil.copytree(FIXTURE, tmp_path / "v0-positional")
     proc = tool("train", "-n", "v0-positional", "--out", tmp_path, "-l", "-e", "3", "--no-progress")

@@ -247,6 +247,7 @@ def test_out_below_a_file_is_refused(tmp_path):
     assert "is a file, not a folder" in line
 
 
+@pytest.mark.slow
 @needs_data
 def test_evaluate_json_on_a_test_subset_with_the_jax_backend(clf):
     """--evaluate --json through the command line, on the JAX backend: the classifier is keras.layers only,
@@ -266,6 +267,7 @@ def test_evaluate_json_on_a_test_subset_with_the_jax_backend(clf):
     assert report["per_class_accuracy"] == pytest.approx(here)
 
 
+@pytest.mark.slow
 @needs_data
 def test_a_tiny_training_writes_loadable_weights(tmp_path):
     from tf3dgan.metrics.classifier import load_classifier, provenance

@@ -60,6 +60,7 @@ def _assert_same_run(arrays, scenario, skip=()):
             np.testing.assert_allclose(b, a, rtol=RTOL, atol=RTOL * scale, err_msg=f"{scenario}: {key}")
 
 
+@pytest.mark.slow
 def test_mirrored_with_synchronized_bn_matches_one_device(worker):
     results, arrays = worker
     assert results["replicas"] == 2 and all("CPU" in d for d in results["devices"])
@@ -74,6 +75,7 @@ def test_mirrored_with_synchronized_bn_matches_one_device(worker):
         assert len(spread) == 4 and not any(spread.values()), (scenario, spread)
 
 
+@pytest.mark.slow
 def test_minimax_loss_and_accuracy_rule_match_one_device(worker):
     _, arrays = worker
     _assert_same_run(arrays, "minimax")
@@ -81,12 +83,14 @@ def test_minimax_loss_and_accuracy_rule_match_one_device(worker):
     assert trained[0] == 1 and not trained.all()   # the rule (threshold 0.6 here) skipped D on some step
 
 
+@pytest.mark.slow
 def test_wgan_gp_penalty_matches_one_device(worker):
     _, arrays = worker
     d_keys = [k for k in _side(arrays, "wgan", "one", "state") if k.startswith("d/")]
     _assert_same_run(arrays, "wgan", skip={d_keys[-1]})   # the critic's bias: shift-invariant loss, as above
 
 
+@pytest.mark.slow
 def test_without_synchronized_bn_replicas_diverge(worker):
     # Plain BatchNorm normalises each replica's half batch with its own statistics: each
     # replica's moving statistics drift apart (a checkpoint keeps replica 0's), the losses leave
@@ -107,6 +111,7 @@ def test_without_synchronized_bn_replicas_diverge(worker):
     assert worst("sync", "state", g_keys) < 1e-4 and worst("unsync", "state", g_keys) > 0.1
 
 
+@pytest.mark.slow
 def test_checkpoints_interchange_between_mirrored_and_one_device(worker):
     results, arrays = worker
     # a one-device state into the mirrored trainer (the start of the runs above), then the
@@ -126,6 +131,7 @@ def test_checkpoints_interchange_between_mirrored_and_one_device(worker):
     assert arrays["generate/one"].shape == (4, 8, 8, 8)
 
 
+@pytest.mark.slow
 def test_each_trainer_traces_once(worker):
     results, _ = worker
     for key in ("sync_trace_count", "minimax_trace_count", "wgan_trace_count", "resumed_trace_count"):
@@ -133,6 +139,7 @@ def test_each_trainer_traces_once(worker):
     assert results["float16"]["trace_count"] == 1
 
 
+@pytest.mark.slow
 def test_loss_scaling_across_replicas(worker):
     results, _ = worker
     f16 = results["float16"]
@@ -146,6 +153,7 @@ def test_loss_scaling_across_replicas(worker):
     assert len(f16["replica_spread"]) == 4 and not any(f16["replica_spread"].values())
 
 
+@pytest.mark.slow
 def test_trainer_refuses_what_it_cannot_distribute(worker):
     errors = worker[0]["errors"]
     assert errors["batch_not_divisible"][0] == "ValueError" and "multiple of 2" in errors["batch_not_divisible"][2]
@@ -197,6 +205,7 @@ def test_synchronized_bn_keeps_the_weights_and_their_order():
             s.set_weights(p.get_weights())   # checkpoints interchange
 
 
+@pytest.mark.slow
 def test_train_cli_mirrored_run_resumes_on_one_device(tmp_path):
     sys.path.insert(0, str(REPO_ROOT / "tests"))
     from _cli import TINY, error_line, tool

@@ -38,6 +38,7 @@ def test_evaluate_cli_on_real_chairs_prints_every_key_and_the_floor(tmp_path):
     assert "nna_iou" in table.stdout or "1-NNA" in table.stdout
 
 
+@pytest.mark.slow
 def test_evaluate_a_run_writes_its_metrics_file(tmp_path, tiny_run):
     shutil.copytree(tiny_run / "g", tmp_path / "g")
     no_ref = error_line(tool("evaluate", "-n", "g", "--out", tmp_path))
@@ -84,6 +85,7 @@ def _eval_run(tmp_path, name, *extra, env=None):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO, env=dict(base, **(env or {})))
 
 
+@pytest.mark.slow
 def test_eval_every_writes_metrics_and_keeps_exact_resume(tmp_path):
     straight = _eval_run(tmp_path, "a", "-e", "4", "--deterministic")
     assert straight.returncode == 0, straight.stderr[-3000:]
@@ -118,6 +120,7 @@ def test_eval_every_writes_metrics_and_keeps_exact_resume(tmp_path):
     assert [r["nna_iou"] for r in rb] == [r["nna_iou"] for r in records]
 
 
+@pytest.mark.slow
 def test_eval_every_under_jax(tmp_path):
     pytest.importorskip("jax")
     proc = _eval_run(tmp_path, "j", "-e", "2", env={"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"})
@@ -137,6 +140,7 @@ def test_eval_every_without_v_holds_training_grids_back(tmp_path):
     assert not set(plan.data.names) & set(plan.held_back.names)
 
 
+@pytest.mark.slow
 def test_evaluate_svm_scores_the_runs_discriminator_beside_an_untrained_one(tmp_path, tiny_run):
     data = REPO.parent / "shared" / "data" / "voxels"
     if not (data / "modelnet10_chair_64_win.npz").exists():

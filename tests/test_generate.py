@@ -37,6 +37,7 @@ def test_latents_and_interpolation():
         sampling.interpolate(z[0], z[1], 1)
 
 
+@pytest.mark.slow
 def test_generate_batch_matches_the_library(run, tmp_path):
     proc = tool("generate", "-n", "g", "--out", run, "--count", "5", "--seed", "7", "--sheet", "--obj")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -62,6 +63,7 @@ def test_generate_batch_matches_the_library(run, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "seed7_n5.npy"), grids, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_interpolation_and_epochs(run):
     proc = tool("generate", "-n", "g", "--out", run, "-le", "2", "--interpolate", "4", "--seed", "1",
                 "--seed2", "5", "--sheet")
@@ -80,6 +82,7 @@ def test_interpolation_and_epochs(run):
         folder / "interp_seed1-5_k4.png").shape[0]
 
 
+@pytest.mark.slow
 def test_errors(run, tmp_path):
     assert "-n RUN" in error_line(tool("generate"))
     assert "no such run folder" in error_line(tool("generate", "-n", "ghost", "--out", run))

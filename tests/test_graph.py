@@ -111,6 +111,7 @@ def test_cli_sheet_and_default_output(tmp_path, chair, monitor):
     assert sheet.shape[1] > 2 * sheet.shape[0]   # one row of three panels
 
 
+@pytest.mark.slow
 def test_cli_run_folder(tmp_path, chair):
     run = tmp_path / "runs" / "r1"
     run.mkdir(parents=True)
@@ -147,6 +148,7 @@ def test_tool_colormaps_and_view_are_plots_own():
     assert convert_to_graph.COLORMAPS is plots.COLORMAPS and convert_to_graph.DEFAULT_VIEW is plots.DEFAULT_VIEW
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED_CHAIRS.exists(), reason="needs shared/data/voxels (the 875 training chairs)")
 def test_cli_sheet_of_the_training_npz(tmp_path):
     out = tmp_path / "sheet.png"
@@ -157,6 +159,7 @@ def test_cli_sheet_of_the_training_npz(tmp_path):
     assert abs(sheet.shape[0] - sheet.shape[1]) < 0.1 * sheet.shape[1]
 
 
+@pytest.mark.slow
 def test_cli_every_dataset_source(tmp_path):
     from tf3dgan.data import datasets as data
 
@@ -202,6 +205,7 @@ def test_sheet_unpacks_only_the_grids_drawn(tmp_path, monkeypatch):
     assert sorted(asked) == [0, 1]
 
 
+@pytest.mark.slow
 def test_cli_empty_grids(tmp_path, chair):
     np.save(tmp_path / "zero.npy", np.zeros((16, 16, 16), np.float32))
     low = np.zeros((2, 16, 16, 16), np.float32)

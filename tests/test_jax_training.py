@@ -127,12 +127,14 @@ def result(side, name) -> dict:
         return {k: z[k] for k in z.files}
 
 
+@pytest.mark.slow
 def test_the_jax_side_runs_without_tensorflow(side):
     reports = sorted(side.out.glob("worker-*.txt"))     # the workers make "import tensorflow" fail
     assert len(reports) == len(WORKERS)
     assert all(r.read_text().strip() == "tensorflow blocked: True" for r in reports)
 
 
+@pytest.mark.slow
 def test_steps_compile_once_and_return_device_arrays_without_host_sync(side):
     from tf3dgan.training.backends.tensorflow import METRICS
 
@@ -150,6 +152,7 @@ def test_steps_compile_once_and_return_device_arrays_without_host_sync(side):
     assert "start_epoch" in errors[3]
 
 
+@pytest.mark.slow
 def test_a_skipped_d_step_leaves_d_and_its_optimizer_bit_identical(side):
     r = result(side, "d_rule_skip")
     trained = r["m_d_trained"].astype(bool)
@@ -163,6 +166,7 @@ def test_a_skipped_d_step_leaves_d_and_its_optimizer_bit_identical(side):
     assert r["trace_count"] == 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss,rule", [("rasgan", "ratio"), ("minimax", "accuracy")])
 def test_losses_are_finite_and_the_generator_learns(side, loss, rule):
     r = result(side, f"learn_{loss}")
@@ -180,6 +184,7 @@ def test_losses_are_finite_and_the_generator_learns(side, loss, rule):
     assert err(after) < 0.8 * err(before), (err(before), err(after))
 
 
+@pytest.mark.slow
 def test_wgan_gp_trains_with_the_gradient_penalty(side):
     r = result(side, "wgan_gp")
     assert str(r["d_rule"]) == "always" and (r["m_d_trained"] == 1).all()
@@ -188,6 +193,7 @@ def test_wgan_gp_trains_with_the_gradient_penalty(side):
     assert r["m_d_loss"][0] > 5, r["m_d_loss"]
 
 
+@pytest.mark.slow
 def test_mixed_bfloat16_steps_are_finite_with_float32_logits(side):
     r = result(side, "bfloat16")
     assert r["logits_dtype"] == "float32"
@@ -200,6 +206,7 @@ def test_mixed_bfloat16_steps_are_finite_with_float32_logits(side):
                                 "opt_d:int64", "trainer:int32", "trainer:bool", "trainer:float32", "trainer:int64"}
 
 
+@pytest.mark.slow
 def test_mixed_float16_loss_scaling_skips_overflows_then_recovers_and_grows(side):
     r = result(side, "float16")
     assert r["logits_dtype"] == "float32"
@@ -222,6 +229,7 @@ def test_mixed_float16_loss_scaling_skips_overflows_then_recovers_and_grows(side
     assert r["counter_end"] == 0 and r["scale_end"] == 2 * s
 
 
+@pytest.mark.slow
 def test_conv_rewrite_matches_native_convolutions_in_the_models(side):
     r = result(side, "conv_rewrite")
     for arch in ("rasgan64", "3dgan32"):       # G's output and D's logits
@@ -261,6 +269,7 @@ def test_conv_formulations_equal_lax(nd, size, kernel, stride, pads):
         np.testing.assert_allclose(got, want, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_state_interchanges_with_the_tensorflow_trainer(side):
     r = result(side, "cross_backend")
     assert r["layout_diff"].size == 0, r["layout_diff"]         # same keys, shapes and dtypes
@@ -303,6 +312,7 @@ def test_state_interchanges_with_the_tensorflow_trainer(side):
     assert np.isfinite(m["d_loss"].numpy()).all() and np.isfinite(m["g_loss"].numpy()).all()
 
 
+@pytest.mark.slow
 def test_resume_within_jax_is_exact(side):
     r = result(side, "resume")
     for key in ("d_loss", "g_loss", "val_loss", "d_trained", "ratio", "d_accuracy", "loss_scale"):
@@ -311,6 +321,7 @@ def test_resume_within_jax_is_exact(side):
     assert r["position"] == 4
 
 
+@pytest.mark.slow
 def test_data_parallel_on_two_devices_equals_one_device(side):
     r = result(side, "data_parallel")
     assert len(r["devices"]) == 2 and r["replicas"] == 2 and r["one_device_replicas"] == 1
@@ -337,6 +348,7 @@ def test_data_parallel_on_two_devices_equals_one_device(side):
         np.testing.assert_allclose(r[f"resumed_{key}"], r[f"dp_{key}"][4:], rtol=1e-4, err_msg=key)
 
 
+@pytest.mark.slow
 def test_train_cli_data_parallel_under_jax_resumes_under_tensorflow(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1", TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="", JAX_PLATFORMS="cpu")
     env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1").strip()

@@ -81,6 +81,7 @@ def test_load_shapes(tmp_path):
         load_grids(tmp_path / "b.npy")
 
 
+@pytest.mark.slow
 def test_cli_file_and_formats(tmp_path, chair):
     batch = np.stack([chair * 2 - 1, chair * 0.25]).astype(np.float32)
     np.save(tmp_path / "s.npy", batch)      # values in [-1, 1]; grid 1 is all <= 0.25
@@ -180,6 +181,7 @@ def test_nan_samples_are_refused(tmp_path):
 WIN_NPZ = FIXTURES / "modelnet10_chair_64_win_small.npz"
 
 
+@pytest.mark.slow
 def test_cli_dataset_sources(tmp_path):
     from tf3dgan.data import datasets as data
 

@@ -32,7 +32,8 @@ def replay_rule(rule, d_loss, g_loss, accuracy, alpha=0.3):
     return np.array(trained, dtype=np.float32)
 
 
-@pytest.mark.parametrize("loss,rule", [("rasgan", "ratio"), ("sgan", "accuracy"), ("wgan-gp", "always")])
+@pytest.mark.parametrize("loss,rule", [("rasgan", "ratio"), pytest.param("sgan", "accuracy", marks=pytest.mark.slow),
+                                       ("wgan-gp", "always")])
 def test_d_rule_runs_in_graph_as_the_seed_describes(loss, rule):
     trainer = tiny_trainer(loss=loss, d_rule=None if rule != "always" else "always",
                            g_lr=0.01, d_lr=0.0005)
@@ -113,6 +114,7 @@ def tiny_config(tmp_path, **kw):
     return TrainConfig(**base)
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(tmp_path):
     straight = fit(tiny_config(tmp_path / "a", epochs=4))
     fit(tiny_config(tmp_path / "b", epochs=2))
@@ -135,6 +137,7 @@ def test_bad_settings_fail_before_any_data_is_read(tmp_path):
             fit(tiny_config(tmp_path, data=str(tmp_path / "not_read"), epochs=1, **kw))   # (read: "does not exist")
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_its_model(tmp_path):
     fit(tiny_config(tmp_path, epochs=1))
     with pytest.raises(Tf3dganError, match=r"--width 0.25 does not match the run being resumed .*width 0.125"):
@@ -150,6 +153,7 @@ def test_a_resumed_run_keeps_its_model(tmp_path):
     assert runs.read_config(run)["settings"]["epochs"] == 3
 
 
+@pytest.mark.slow
 def test_resume_from_an_earlier_epoch_truncates_history(tmp_path):
     run = fit(tiny_config(tmp_path, epochs=3))
     ckpt2, _ = runs.load_checkpoint(runs.checkpoint_path(run, 2))
@@ -169,6 +173,7 @@ def test_refuses_to_overwrite_a_run_and_to_resume_a_missing_one(tmp_path):
         fit(tiny_config(tmp_path, epochs=2, load=True, load_epoch=7))
 
 
+@pytest.mark.slow
 def test_keep_prunes_old_numbered_checkpoints(tmp_path):
     run = fit(tiny_config(tmp_path, epochs=4, keep=2))
     assert runs.saved_epochs(run) == [3, 4]
@@ -181,6 +186,7 @@ def test_non_finite_loss_stops_with_a_clear_message(tmp_path):
         fit(cfg)
 
 
+@pytest.mark.slow
 def test_xla_compiled_step_trains():
     trainer = tiny_trainer(xla=True)
     trainer.start_epoch()
@@ -190,6 +196,7 @@ def test_xla_compiled_step_trains():
     assert trainer.trace_count == 1
 
 
+@pytest.mark.slow
 def test_a_float32_run_resumes_under_mixed_float16(tmp_path):
     run = fit(tiny_config(tmp_path, epochs=1, lr_schedule=None))
     fit(tiny_config(tmp_path, epochs=2, load=True, precision="mixed_float16", lr_schedule=None))
