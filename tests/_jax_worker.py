@@ -27,15 +27,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 if __name__ == "__main__":
     sys.modules["tensorflow"] = None   # "import tensorflow" now raises ImportError
 
-import jax  # noqa: E402
-import keras  # noqa: E402
+import jax
+import keras
 
-from tf3dgan.data.datasets import pack  # noqa: E402
-from tf3dgan.data.synthetic import make_shapes  # noqa: E402
-from tf3dgan.errors import CheckpointError  # noqa: E402
-from tf3dgan.models.networks import build_models  # noqa: E402
-from tf3dgan.training import checkpoint_keys, runs  # noqa: E402
-from tf3dgan.training.backends.jax import JaxGANTrainer, cpu_friendly_convolutions, make_distribution  # noqa: E402
+from tf3dgan.data.datasets import pack
+from tf3dgan.data.synthetic import make_shapes
+from tf3dgan.errors import CheckpointError
+from tf3dgan.models.networks import build_models
+from tf3dgan.training import checkpoint_keys, runs
+from tf3dgan.training.backends.jax import JaxGANTrainer, cpu_friendly_convolutions, make_distribution
 
 # the configuration of tests/test_training.py's tiny_trainer: rasgan64 at 8³, width 1/8, 32 boxes
 DATA = {8: pack(make_shapes("boxes", 32, 8, seed=1)), 16: pack(make_shapes("boxes", 32, 16, seed=1))}

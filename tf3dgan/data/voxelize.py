@@ -629,7 +629,7 @@ def grid_side(path: str | os.PathLike) -> int | None:
         if suffix == ".npy":
             return int(data.as_batch(np.load(path, mmap_mode="r", allow_pickle=False), str(path)).shape[1])
         return data.load_dataset(str(path)).dim
-    except Exception:  # noqa: BLE001 - unreadable or foreign: no side
+    except Exception:
         return None
 
 
@@ -655,7 +655,7 @@ def _cache_methods(folder: Path) -> dict[str, str]:
                 return {}
             method = str(z["method"])
             return {str(name): method for name in z["names"].tolist()}
-    except Exception:  # noqa: BLE001 - an unreadable cache is rewritten anyway
+    except Exception:
         return {}
 
 
@@ -780,7 +780,7 @@ def convert_file(mesh_path: str | os.PathLike, options: ConvertOptions = Convert
         write_grid(out, grid, place)
     except DataError as exc:
         return ConvertResult(str(mesh_path), str(out), "failed", str(exc))
-    except Exception as exc:  # noqa: BLE001 - a batch goes on past any one file
+    except Exception as exc:
         message = " ".join(f"{mesh_path}: {type(exc).__name__}: {exc}".split())
         return ConvertResult(str(mesh_path), str(out), "failed", message)
     return ConvertResult(str(mesh_path), str(out), "converted")
@@ -894,7 +894,7 @@ def update_cache(folder: Path, options: ConvertOptions, converted: int = 1, mesh
             with np.load(cache, allow_pickle=False) as z:
                 same_names = sorted(z["names"].tolist()) == sorted(f.name[: -len(f.suffix)] for f in files)
                 old_method = str(z["method"]) if "method" in z.files else None
-        except Exception:  # noqa: BLE001 - an unreadable cache is rewritten
+        except Exception:
             same_names = False
         if same_names and not converted:
             return "", None

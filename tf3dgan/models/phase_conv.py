@@ -22,7 +22,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from tf3dgan.choices import IMPLEMENTATIONS  # noqa: E402,F401
+from tf3dgan.choices import IMPLEMENTATIONS  # noqa: F401  (re-exported)
 
 
 def phase_supported(layer) -> bool:

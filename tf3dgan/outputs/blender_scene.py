@@ -416,7 +416,7 @@ def _entry() -> None:
         main()
     except SystemExit:
         raise
-    except BaseException as exc:   # noqa: BLE001 - every failure becomes one line and status 1
+    except BaseException as exc:
         if isinstance(exc, SceneError):
             msg = str(exc)
         else:   # a bug or an API this Blender lacks: the traceback helps

@@ -11,15 +11,15 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from scipy import ndimage, signal  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from scipy import ndimage, signal
 
-from tf3dgan.atomic import atomic_path  # noqa: E402
+from tf3dgan.atomic import atomic_path
 
 # the colour maps (by the original's -c index), the default view and the 3D graph styles (the seed's scatter
 # of surface voxels, or a shaded NumPy render of the voxel faces) are the tools' lists, dependency-free
-from tf3dgan.choices import COLORMAPS, DEFAULT_VIEW  # noqa: E402,F401
+from tf3dgan.choices import COLORMAPS, DEFAULT_VIEW  # noqa: F401  (re-exported)
 from tf3dgan.choices import GRAPH_STYLES as STYLES
 
 SAVGOL_WINDOW = 51

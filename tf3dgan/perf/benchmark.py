@@ -45,7 +45,7 @@ RESULT_KEYS = ("backend", "arch", "batch", "precision", "xla", "steps_per_call",
                "warmup_calls", "trace_count", "device", "tf_version", "jax_version", "keras_version",
                "loadavg_before", "loadavg_after")
 #: ``backend`` values: Keras' backend names, shortened
-from tf3dgan.choices import BACKENDS  # noqa: E402,F401
+from tf3dgan.choices import BACKENDS  # noqa: E402,F401  (re-exported)
 
 # ---------------------------------------------------------------------------------------- FLOPs
 
@@ -198,7 +198,7 @@ def bench(arch: str = "rasgan64", batch: int = 24, precision: str = "float32", x
         adapter = get_backend(backend)
     except Tf3dganError:
         raise ValueError(f"the benchmark runs on Keras' tensorflow or jax backend, not {backend!r}") from None
-    Trainer = adapter.Trainer  # noqa: N806 - a class
+    Trainer = adapter.Trainer
     adapter.tune_for_device()
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

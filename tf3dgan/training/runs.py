@@ -219,7 +219,7 @@ def checkpoint_meta(path: Path) -> dict:
             return json.loads(str(z[_META_KEY]))
     except CheckpointError:
         raise
-    except Exception as e:  # noqa: BLE001 - damage inside an entry surfaces as zipfile, NumPy or tokenize errors
+    except Exception as e:
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({numpy_load_reason(e)})"
                               + _other_checkpoints(path)) from None
 
@@ -235,7 +235,7 @@ def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
         meta = json.loads(str(arrays.pop(_META_KEY)))
     except KeyError:
         raise CheckpointError(f"{path}: not a tf3dgan checkpoint (no metadata entry)") from None
-    except Exception as e:  # noqa: BLE001 - damage inside an entry surfaces as zipfile, NumPy or tokenize errors
+    except Exception as e:
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({numpy_load_reason(e)})"
                               + _other_checkpoints(path)) from None
     return arrays, meta

@@ -15,7 +15,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tf3dgan.choices import D_RULES, PRECISIONS  # noqa: F401  (re-exported)
+from tf3dgan.choices import D_RULES, PRECISIONS
 from tf3dgan.models import losses
 from tf3dgan.training import checkpoint_keys
 from tf3dgan.training.algorithm import METRICS, RULE_STATE, StepSettings  # noqa: F401  (METRICS, RULE_STATE re-exported)

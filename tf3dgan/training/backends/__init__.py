@@ -47,7 +47,7 @@ class Backend:
         return importlib.import_module(self.module)
 
     @property
-    def Trainer(self):  # noqa: N802 - a class
+    def Trainer(self):
         return getattr(self.adapter(), self.trainer_name)
 
     def default_precision(self) -> str:

@@ -41,6 +41,7 @@ import keras
 import numpy as np
 from jax import lax
 
+from tf3dgan.choices import JAX_STRATEGIES as STRATEGIES  # the --strategy names (re-exported)
 from tf3dgan.training import algorithm, checkpoint_keys
 from tf3dgan.training.algorithm import RULE_STATE
 from tf3dgan.training.backends.jax_convolutions import conv_lhs_dilated, conv_strided, cpu_friendly_convolutions  # noqa: F401  (re-exported)
@@ -63,7 +64,6 @@ def tune_for_device() -> None:
     """Nothing to tune under JAX (kept for the same interface as ``training.tune_for_device``)."""
 
 
-from tf3dgan.choices import JAX_STRATEGIES as STRATEGIES  # noqa: E402
 
 
 def split_cpu(n: int) -> None:

@@ -39,6 +39,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from tf3dgan.choices import STRATEGIES  # the --strategy names (re-exported)
 from tf3dgan.errors import Tf3dganError
 from tf3dgan.training import algorithm, checkpoint_keys
 from tf3dgan.training.trainer import D_RULES, METRICS, PRECISIONS, Trainer
@@ -64,7 +65,6 @@ def tune_for_device() -> None:
         tf.config.optimizer.set_experimental_options({"remapping": False})
 
 
-from tf3dgan.choices import STRATEGIES  # noqa: E402
 
 
 def make_strategy(name: str):
