@@ -1,4 +1,4 @@
-"""JAX-backend half of tests/test_jax_training.py, run as ``KERAS_BACKEND=jax python tests/_jax_worker.py``.
+"""JAX-backend half of tests/test_backend_jax.py, run as ``KERAS_BACKEND=jax python tests/_jax_worker.py``.
 
 Usage: ``_jax_worker.py OUT_DIR IN_DIR CACHE_DIR SCENARIO...``.  Each scenario writes ``OUT_DIR/<name>.npz``
 (its arrays) or, if it raises, ``OUT_DIR/<name>.error`` (the traceback); the test process
