@@ -134,6 +134,33 @@ def d_rule_skip(inp, out):
                 trace_count=t.trace_count)
 
 
+def faithful_modes(inp, out):
+    """SomTambe's accuracy rule (this step's accuracy before D's update, < 0.8) with D far ahead, and
+    64-3D-IWGan.py's n_critic (G on steps 0, 3, 6): one step a call, what changed in D, G and their optimizers."""
+    t = tiny(loss="minimax", g_lr=1e-6, d_lr=0.05)
+    d_keys = trainable_keys(t, "d") + [k for k in t.state_arrays() if k.startswith("opt_d/")]
+    d_same, accuracy, trained = [], [], []
+    for _ in range(14):
+        if t.position >= t.steps_per_epoch:
+            t.start_epoch()
+        before = t.state_arrays()
+        m = t.train_steps(1)
+        d_same.append(same(before, t.state_arrays(), d_keys))
+        accuracy.append(float(m["d_accuracy"][0]))
+        trained.append(float(m["d_trained"][0]))
+    c = tiny(loss="wgan-gp", n_critic=3, g_lr=0.01, d_lr=0.001)
+    g_keys = trainable_keys(c, "g") + [k for k in c.state_arrays() if k.startswith("opt_g/")]
+    g_same, g_loss = [], []
+    for _ in range(7):
+        if c.position >= c.steps_per_epoch:
+            c.start_epoch()
+        before = c.state_arrays()
+        g_loss.append(float(c.train_steps(1)["g_loss"][0]))
+        g_same.append(same(before, c.state_arrays(), g_keys))
+    return dict(d_same=np.array(d_same), accuracy=np.array(accuracy), trained=np.array(trained),
+                g_same=np.array(g_same), g_loss=np.array(g_loss))
+
+
 def _learning(loss, n=40):
     t = tiny(loss=loss, g_lr=0.01, d_lr=0.001, seed=0)
     z = np.random.default_rng(7).standard_normal((64, 200)).astype(np.float32)
@@ -305,7 +332,7 @@ def data_parallel(inp, out):
                 all_reduces=hlo.count("all-reduce("), one_device_replicas=one.replicas)
 
 
-SCENARIOS = {f.__name__: f for f in (compile_once, d_rule_skip, learn_rasgan, learn_minimax, wgan_gp, bfloat16,
+SCENARIOS = {f.__name__: f for f in (compile_once, d_rule_skip, faithful_modes, learn_rasgan, learn_minimax, wgan_gp, bfloat16,
                                       float16, conv_rewrite, cross_backend, resume, data_parallel)}
 
 

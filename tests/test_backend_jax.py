@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "_jax_worker.py"
 GRIDS = make_shapes("boxes", 32, 8, seed=1)          # the workers' dataset (tests/test_training.py's)
 DATA = {8: pack(GRIDS), 16: pack(make_shapes("boxes", 32, 16, seed=1))}
-WORKERS = (("compile_once", "learn_rasgan", "resume", "d_rule_skip", "conv_rewrite", "bfloat16", "wgan_gp"),
+WORKERS = (("compile_once", "learn_rasgan", "resume", "d_rule_skip", "conv_rewrite", "bfloat16", "wgan_gp",
+            "faithful_modes"),
            ("cross_backend", "learn_minimax", "float16", "data_parallel"))   # the second needs the TF checkpoint
 
 
@@ -150,6 +151,17 @@ def test_steps_compile_once_and_return_device_arrays_without_host_sync(side):
     assert "'trainer/rng'" in errors[1]
     assert "bad.npz: has no entry 'opt_d/blocks.0.conv3d/kernel/velocity'" in errors[2]
     assert "start_epoch" in errors[3]
+
+
+@pytest.mark.slow
+def test_the_seeds_accuracy_rule_and_n_critic_under_jax(side):
+    r = result(side, "faithful_modes")
+    trained = r["trained"].astype(bool)
+    np.testing.assert_array_equal(trained, r["accuracy"] < 0.8)      # decided on this step, before the update
+    assert trained.any() and not trained.all()
+    np.testing.assert_array_equal(r["d_same"], ~trained)             # a skipped step: D and Adam untouched
+    np.testing.assert_array_equal(r["g_same"], [False, True, True, False, True, True, False])
+    assert r["g_loss"][1] == r["g_loss"][2] == r["g_loss"][0]       # no update: the last G loss
 
 
 @pytest.mark.slow

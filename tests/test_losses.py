@@ -17,7 +17,7 @@ from keras import ops
 from tf3dgan.models import losses
 from tf3dgan.models.losses import OBJECTIVES, Objective, d_accuracy, get_objective, gradient_penalty_from_grads
 
-NAMES = ("rasgan", "rsgan", "minimax", "sgan", "wgan-gp")
+NAMES = ("rasgan", "rsgan", "minimax", "minimax-saturating", "wgan-gp")
 SIZES = (1, 7, 24)
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -44,9 +44,9 @@ def naive_reference(name, real, fake):
                 -E(log(d_fake)) - E(log(1.0 - d_real)))
     if name == "rsgan":
         return -E(log(s(cr - cf))), -E(log(s(cf - cr)))
-    if name == "minimax":
+    if name == "minimax-saturating":
         return -E(log(s(cr))) - E(log(1.0 - s(cf))), E(log(1.0 - s(cf)))
-    if name == "sgan":
+    if name == "minimax":
         return -E(log(s(cr))) - E(log(1.0 - s(cf))), -E(log(s(cf)))
     if name == "wgan-gp":
         return E(cf) - E(cr), -E(cf)
@@ -72,9 +72,9 @@ def stable_reference(name, real, fake):
         return E(_nls(r)) + E(_nl1ms(f)), E(_nls(f)) + E(_nl1ms(r))
     if name == "rsgan":
         return E(_nls(cr - cf)), E(_nls(cf - cr))
-    if name == "minimax":
+    if name == "minimax-saturating":
         return E(_nls(cr)) + E(_nl1ms(cf)), -E(_nl1ms(cf))
-    if name == "sgan":
+    if name == "minimax":
         return E(_nls(cr)) + E(_nl1ms(cf)), E(_nls(cf))
     if name == "wgan-gp":
         return E(cf) - E(cr), -E(cf)
@@ -90,7 +90,7 @@ def reference_accuracy(relativistic, real, fake):
     cr, cf = np.asarray(real, np.float64), np.asarray(fake, np.float64)
     if relativistic:
         cr, cf = cr - cf.mean(), cf - cr.mean()
-    return 0.5 * (np.mean(cr > 0) + np.mean(cf < 0))
+    return 0.5 * (np.mean(cr >= 0) + np.mean(cf < 0))   # SomTambe's main.py: real right at D >= 0.5, fake at < 0.5
 
 
 def logits(n, seed, scale=2.0, shift=0.0):
@@ -141,11 +141,11 @@ def test_objective_table():
     assert OBJECTIVES["rasgan"].fn is losses.rasgan
     assert OBJECTIVES["wgan-gp"].fn is losses.wgan_gp
     rules = {name: o.default_d_rule for name, o in OBJECTIVES.items()}
-    assert rules == {"rasgan": "ratio", "rsgan": "ratio", "minimax": "accuracy",
-                     "sgan": "accuracy", "wgan-gp": "always"}
+    assert rules == {"rasgan": "ratio", "rsgan": "ratio", "minimax-saturating": "accuracy",
+                     "minimax": "accuracy", "wgan-gp": "always"}
     relativistic = {name: o.relativistic for name, o in OBJECTIVES.items()}
-    assert relativistic == {"rasgan": True, "rsgan": True, "minimax": False,
-                            "sgan": False, "wgan-gp": True}
+    assert relativistic == {"rasgan": True, "rsgan": True, "minimax-saturating": False,
+                            "minimax": False, "wgan-gp": True}
     with pytest.raises(Exception):          # frozen dataclass
         OBJECTIVES["rasgan"].default_d_rule = "always"
 
@@ -193,7 +193,7 @@ def test_loss_accepts_tensor_inputs(name):
 def test_loss_ordering_sanity():
     """D's loss is lower when D is right; the relativistic losses are symmetric under swap."""
     good_real, good_fake = logits(24, 7, 1.0, 3.0), logits(24, 8, 1.0, -3.0)
-    for name in ("rasgan", "rsgan", "minimax", "sgan", "wgan-gp"):
+    for name in ("rasgan", "rsgan", "minimax-saturating", "minimax", "wgan-gp"):
         d_good, _ = run(name, good_real, good_fake)
         d_bad, _ = run(name, good_fake, good_real)
         assert d_good < d_bad, name
@@ -218,9 +218,9 @@ def _analytic_limit(name, a, b):
         return relu(b - a) + relu(b - a), relu(a - b) + relu(a - b)
     if name == "rsgan":
         return relu(b - a), relu(a - b)
-    if name == "minimax":
+    if name == "minimax-saturating":
         return relu(-a) + relu(b), -relu(b)
-    if name == "sgan":
+    if name == "minimax":
         return relu(-a) + relu(b), relu(-b)
     if name == "wgan-gp":
         return b - a, -b
@@ -254,7 +254,7 @@ def test_naive_float32_formula_would_overflow_here():
         x = np.float32(80.0)
         naive = -np.log(np.float32(1.0) - np.float32(1.0) / (np.float32(1.0) + np.exp(-x)))
     assert not np.isfinite(naive)
-    d_loss, _ = run("minimax", _constant(0.0), _constant(80.0))
+    d_loss, _ = run("minimax-saturating", _constant(0.0), _constant(80.0))
     assert np.isfinite(d_loss) and d_loss == pytest.approx(80.0 + np.log(2.0), rel=1e-6)
 
 
@@ -365,12 +365,12 @@ def test_d_accuracy_relativistic_vs_absolute():
     real = np.array([[5.0], [6.0]], np.float32)    # all positive
     fake = np.array([[3.0], [4.0]], np.float32)    # all positive, but below the real scores
     acc = lambda name: float(ops.convert_to_numpy(d_accuracy(OBJECTIVES[name], real, fake)))  # noqa: E731
-    assert acc("minimax") == pytest.approx(0.5)    # every real right, every fake wrong
-    assert acc("sgan") == pytest.approx(0.5)
+    assert acc("minimax-saturating") == pytest.approx(0.5)    # every real right, every fake wrong
+    assert acc("minimax") == pytest.approx(0.5)
     assert acc("rasgan") == pytest.approx(1.0)     # relative to the other batch's mean
     assert acc("rsgan") == pytest.approx(1.0)
     assert acc("wgan-gp") == pytest.approx(1.0)
-    assert float(ops.convert_to_numpy(d_accuracy(OBJECTIVES["sgan"], -real, real))) == 0.0
+    assert float(ops.convert_to_numpy(d_accuracy(OBJECTIVES["minimax"], -real, real))) == 0.0
 
 
 @needs_tf

@@ -84,8 +84,15 @@ def expected_counts(arch, width=1.0, resolution=None, latent=LATENT_DIM):
 
 @pytest.fixture(scope="module")
 def full():
-    """Full-size models of both architectures, built once (weights created, no forward pass)."""
-    return {arch: build_models(arch) for arch in ARCHS}
+    """Full-size models of both architectures with the TF1 seeds' initialisation, built once (weights created,
+    no forward pass)."""
+    return {arch: build_models(arch, init="normal") for arch in ARCHS}
+
+
+@pytest.fixture(scope="module")
+def pytorch_full():
+    """The same with PyTorch's default initialisation (3dgan32's own default)."""
+    return {arch: build_models(arch, init="pytorch") for arch in ARCHS}
 
 
 def z_batch(n, seed=0, latent=LATENT_DIM):
@@ -321,7 +328,9 @@ def test_width_scales_channels():
     dict(arch="3dgan32", resolution=24), dict(arch="3dgan32", resolution=33),
     dict(arch="rasgan64", width=0.0), dict(arch="3dgan32", width=-1.0),
     dict(arch="rasgan64", width=float("nan")),
-    dict(arch="rasgan64", output_activation="tanh"),
+    dict(arch="rasgan64", output_activation="relu"), dict(arch="rasgan64", init="xavier"),
+    dict(arch="rasgan64", data_scale=0.0), dict(arch="3dgan32", data_scale=255.0),
+    dict(arch="rasgan64", d_norm="layer"), dict(arch="rasgan64", latent_std=-1.0),
 ])
 def test_invalid_options_raise_value_error(kwargs):
     with pytest.raises(ValueError):
@@ -336,7 +345,7 @@ def test_invalid_options_raise_value_error(kwargs):
 
 def test_spec_defaults_and_config_round_trip():
     assert make_spec("rasgan64") == ArchSpec("rasgan64", 1.0, 64, "linear", LATENT_DIM)
-    assert make_spec("3dgan32") == ArchSpec("3dgan32", 1.0, 32, "sigmoid", LATENT_DIM)
+    assert make_spec("3dgan32") == ArchSpec("3dgan32", 1.0, 32, "sigmoid", LATENT_DIM, init="pytorch")   # its seed's
     g, d = build_models("rasgan64", width=0.125, resolution=16, output_activation="sigmoid")
     config = dict(g.get_config(), unrelated="ignored")
     assert g.get_config() == d.get_config() == make_spec("rasgan64", 0.125, 16, "sigmoid").to_dict()
@@ -394,6 +403,56 @@ def test_generator_bn_gammas(full, arch):
     assert gammas.mean() == pytest.approx(1.0, abs=5 * 0.02 / math.sqrt(gammas.size))
     assert gammas.std() == pytest.approx(0.02, rel=5 / math.sqrt(2 * gammas.size))
     assert gammas.std() > 0.01                                     # random, not all ones
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_discriminator_bn_gammas_are_tensorlayers_default(full, arch):
+    # 64-3D-RaSGan.py gives D's BatchNormLayer no gamma_init: tensorlayer 1.9's default N(1, 0.002)
+    _, d = full[arch]
+    gammas = np.concatenate([bn.gamma.numpy() for bn in blocks_of(d, layers.BatchNormalization)])
+    assert gammas.mean() == pytest.approx(1.0, abs=5 * 0.002 / math.sqrt(gammas.size))
+    assert gammas.std() == pytest.approx(0.002, rel=5 / math.sqrt(2 * gammas.size))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_pytorch_initialisation_matches_pytorchs_formulas(pytorch_full, arch):
+    # PyTorch's Conv3d/ConvTranspose3d/Linear reset_parameters: kaiming_uniform_(a=√5) -> U(±1/√fan_in), i.e.
+    # variance 1/(3·fan_in), with fan_in = weight.size(1)·k³ (for a transposed convolution: out-channels·k³);
+    # bias U(±1/√fan_in) from the same fan_in; BatchNorm weight 1, bias 0. In Keras' kernel layout
+    # (k, k, k, in, out) / (k, k, k, out, in) / (in, out) that fan-in is the product of all axes but the last.
+    for model in pytorch_full[arch]:
+        checked = 0
+        for layer in model.blocks:
+            if not isinstance(layer, (layers.Dense, layers.Conv3D, layers.Conv3DTranspose)):
+                continue
+            k = layer.kernel.numpy().astype(np.float64)
+            fan_in = int(np.prod(k.shape[:-1]))
+            bound = 1.0 / math.sqrt(fan_in)
+            assert np.abs(k).max() <= bound * (1 + 1e-6), layer.name
+            # the mean of x² of U(±b) is b²/3 with relative standard error √(4/5)/√n: 5 sigma
+            assert np.mean(k**2) == pytest.approx(bound**2 / 3, rel=4.5 / math.sqrt(k.size)), layer.name
+            assert abs(k.mean()) <= 5 * bound / math.sqrt(3 * k.size), layer.name
+            if layer.use_bias:
+                b = layer.bias.numpy()
+                assert np.abs(b).max() <= bound * (1 + 1e-6) and np.any(b != 0), layer.name
+            checked += 1
+        assert checked >= 4
+        for bn in blocks_of(model, layers.BatchNormalization):
+            np.testing.assert_array_equal(bn.gamma.numpy(), 1.0)
+            np.testing.assert_array_equal(bn.beta.numpy(), 0.0)
+    assert not any(layer.use_bias for model in pytorch_full["3dgan32"] for layer in model.blocks
+                   if isinstance(layer, (layers.Conv3D, layers.Conv3DTranspose)))   # models.py: bias=False
+
+
+def test_pytorch_init_gives_the_generator_output_spread_the_issue_measured():
+    # with PyTorch's init a 3dgan32 G's pre-sigmoid output spreads far more than with N(0, 0.02)
+    z = z_batch(8)
+    spread = {}
+    for init in ("normal", "pytorch"):
+        keras.utils.set_random_seed(0)
+        g, _ = build_models("3dgan32", width=0.5, init=init, output_activation="sigmoid")
+        spread[init] = float(np.std(np.asarray(g(z, training=True))))
+    assert spread["pytorch"] > 3 * spread["normal"]
 
 
 def test_models_are_independently_initialised():

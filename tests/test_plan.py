@@ -123,3 +123,38 @@ print(sorted(m for m in ("tensorflow", "jax", "keras") if m in sys.modules))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stdout
     assert Path(tmp_path / "n").is_dir() and not (tmp_path / "n" / "config.json").exists()
+
+
+def test_a_format_1_config_resumes_with_the_settings_it_trained_with():
+    # tf3dgan 0.1 (config format 1): "minimax" was the saturating G loss, "sgan" the non-saturating one; the
+    # accuracy rule decided on the previous step; every objective's ratio rule used α 0.3 and factor 2
+    from tf3dgan.training.plan import CONFIG_FORMAT, upgrade_config
+
+    old = {"settings": {"loss": "minimax", "d_rule": "accuracy"}, "loss": "minimax",
+           "model": {"arch": "3dgan32", "width": 1.0, "resolution": 32, "output_activation": "sigmoid",
+                     "latent_dim": 200}}
+    new = upgrade_config(old)
+    assert new["format"] == CONFIG_FORMAT and new["loss"] == "minimax-saturating"
+    assert new["settings"] == {"loss": "minimax-saturating", "d_rule": "accuracy", "accuracy_timing": "previous",
+                               "rule_alpha": 0.3, "rule_factor": 2.0}
+    assert new["model"]["init"] == "normal"     # what 0.1 initialised with (3dgan32's default is now pytorch)
+    assert upgrade_config({"settings": {"loss": "sgan"}})["settings"]["loss"] == "minimax"
+    assert upgrade_config({"settings": {"loss": "rsgan", "rule_factor": 1.5}})["settings"]["rule_factor"] == 1.5
+    assert upgrade_config(new) is new           # today's format passes through
+    assert old["settings"]["loss"] == "minimax"  # the input is not modified
+
+
+def test_new_settings_are_checked_before_anything_loads(tmp_path):
+    base = dict(name="r", out=str(tmp_path), data="synthetic:boxes:res=8:n=16")
+    for kw, words in ((dict(n_critic=0), "--n-critic must be at least 1"),
+                      (dict(adam_beta2=1.0), r"--adam-beta2 must be in \(0, 1\)"),
+                      (dict(rule_alpha=0.0), r"--rule-alpha must be in \(0, 1\]"),
+                      (dict(rule_factor=-1.0), "--rule-factor must be a positive number"),
+                      (dict(adam_epsilon=0.0), "--adam-epsilon must be a positive number"),
+                      (dict(accuracy_timing="later"), "--accuracy-timing must be one of current, previous"),
+                      (dict(rule_loss="val"), "--rule-loss must be one of train, eval"),
+                      (dict(lr_schedule_reset=True), "--lr-schedule-reset .* give --lr-schedule too"),
+                      (dict(data_scale=255.0, arch="3dgan32"), "data scale 255 needs a linear output"),
+                      (dict(init="he"), "init must be one of normal, pytorch")):
+        with pytest.raises(Tf3dganError, match=words):
+            resolve(TrainConfig(**base, **kw))

@@ -22,21 +22,27 @@ def tiny_trainer(loss="rasgan", d_rule=None, n=32, batch=8, **kw):
     return GANTrainer(g, d, data, 8, batch_size=batch, loss=loss, d_rule=d_rule, seed=3, **kw)
 
 
-def replay_rule(rule, d_loss, g_loss, accuracy, alpha=0.3):
-    """NumPy transcription of the seed's rule: which steps train D, given the step losses."""
+def replay_rule(rule, d_loss, g_loss, accuracy, alpha=0.3, factor=2.0, timing="current"):
+    """NumPy transcription of the seeds' rules: which steps train D, given the step losses and accuracies.
+
+    ratio (64-3D-RaSGan.py): EMA α of both losses, D trains on the next step when factor·D_smooth > G_smooth;
+    accuracy, ``current`` (SomTambe's main.py): D trains on this step when its accuracy on this batch, before
+    the update, is < 0.8; ``previous`` (tf3dgan 0.1): on the next step when it was ≤ 0.8."""
     trained, train_next, d_s, g_s = [], True, 0.0, 0.0
     for d, g, acc in zip(d_loss, g_loss, accuracy):
-        trained.append(train_next)
+        trained.append(acc < 0.8 if rule == "accuracy" and timing == "current" else train_next)
         d_s, g_s = alpha * d + (1 - alpha) * d_s, alpha * g + (1 - alpha) * g_s
-        train_next = {"ratio": 2 * d_s > g_s, "accuracy": acc <= 0.8, "always": True}[rule]
+        train_next = {"ratio": factor * d_s > g_s, "accuracy": acc <= 0.8, "always": True}[rule]
     return np.array(trained, dtype=np.float32)
 
 
-@pytest.mark.parametrize("loss,rule", [("rasgan", "ratio"), pytest.param("sgan", "accuracy", marks=pytest.mark.slow),
-                                       ("wgan-gp", "always")])
-def test_d_rule_runs_in_graph_as_the_seed_describes(loss, rule):
+@pytest.mark.parametrize("loss,rule,timing", [("rasgan", "ratio", None), ("rsgan", "ratio", None),
+                                              pytest.param("minimax", "accuracy", "current", marks=pytest.mark.slow),
+                                              pytest.param("minimax", "accuracy", "previous", marks=pytest.mark.slow),
+                                              ("wgan-gp", "always", None)])
+def test_d_rule_runs_in_graph_as_the_seed_describes(loss, rule, timing):
     trainer = tiny_trainer(loss=loss, d_rule=None if rule != "always" else "always",
-                           g_lr=0.01, d_lr=0.0005)
+                           g_lr=0.01, d_lr=0.0005, **({"accuracy_timing": timing} if timing else {}))
     assert trainer.d_rule == rule
     trainer.start_epoch()
     m = {k: v.numpy() for k, v in trainer.train_steps(4).items()}
@@ -44,7 +50,9 @@ def test_d_rule_runs_in_graph_as_the_seed_describes(loss, rule):
     m2 = {k: v.numpy() for k, v in trainer.train_steps(4).items()}
     m = {k: np.concatenate([m[k], m2[k]]) for k in m}
     assert np.isfinite(m["d_loss"]).all() and np.isfinite(m["g_loss"]).all()
-    np.testing.assert_array_equal(m["d_trained"], replay_rule(rule, m["d_loss"], m["g_loss"], m["d_accuracy"]))
+    constants = {"alpha": 0.35, "factor": 1.5} if loss == "rsgan" else {}   # 64-3D-RSGan.py's
+    np.testing.assert_array_equal(m["d_trained"], replay_rule(rule, m["d_loss"], m["g_loss"], m["d_accuracy"],
+                                                              timing=timing or "current", **constants))
     assert trainer.trace_count == 1
 
 
@@ -64,6 +72,126 @@ def test_ratio_rule_skips_d_when_it_is_ahead():
         assert changed == bool(m["d_trained"].numpy()[0])
         trained.append(changed)
     assert trained[0] and not all(trained)
+
+
+@pytest.mark.parametrize("timing", ["current", "previous"])
+def test_accuracy_rule_decides_when_the_seed_did(timing):
+    # D far ahead: the accuracy rule must skip D on some steps. "current" (SomTambe's main.py): the decision
+    # comes from this step's scores before D's update, accuracy < 0.8; "previous": last step's, <= 0.8. A
+    # skipped step leaves D's weights and its Adam state (moments, iteration count) as they were.
+    trainer = tiny_trainer(loss="minimax", g_lr=1e-6, d_lr=0.05, accuracy_timing=timing)
+    assert trainer.d_rule == "accuracy"
+    trainer.start_epoch()
+    trained, accuracies = [], []
+    for _ in range(14):
+        if trainer.position >= trainer.steps_per_epoch:
+            trainer.start_epoch()
+        before = [v.numpy().copy() for v in trainer.D.trainable_weights + trainer.opt_d.variables]
+        m = trainer.train_steps(1)
+        after = [v.numpy() for v in trainer.D.trainable_weights + trainer.opt_d.variables]
+        changed = any(not np.array_equal(a, b) for a, b in zip(before, after))
+        assert changed == bool(m["d_trained"].numpy()[0])
+        trained.append(changed)
+        accuracies.append(float(m["d_accuracy"].numpy()[0]))
+    acc = np.array(accuracies)
+    expected = acc < 0.8 if timing == "current" else np.r_[True, acc[:-1] <= 0.8]
+    np.testing.assert_array_equal(trained, expected)
+    assert any(trained) and not all(trained)
+
+
+@pytest.mark.parametrize("rule_loss", ["train", "eval"])
+def test_a_skipped_d_step_feeds_the_rule_the_chosen_loss(rule_loss):
+    # 64-3D-RaSGan.py, when the rule skips D, smooths d_loss2: the real batch through D with BatchNorm in
+    # inference mode (moving statistics), scored against this step's fakes through D in training mode.
+    # Replayed here with the trainer's own draws on a copy of its state taken before the step.
+    import tensorflow as tf
+
+    from tf3dgan.models.losses import rasgan
+    from tf3dgan.training.algorithm import unpack
+
+    def trainer(**kw):   # 16³: D has a BatchNorm layer (at 8³ it has none)
+        from tf3dgan.models.networks import build_models
+        from tf3dgan.training.backends.tensorflow import GANTrainer
+
+        g, d = build_models("rasgan64", width=0.125, resolution=16, output_activation="sigmoid")
+        return GANTrainer(g, d, pack(make_shapes("boxes", 32, 16, seed=1)), 16, batch_size=8, seed=3, **kw)
+
+    a = trainer(rule_loss=rule_loss)
+    a.start_epoch()
+    a.train_steps(2)   # moving statistics away from their initial 0/1
+    state = dict(a.state_arrays(), **{"trainer/train_d": np.array(False)})
+    a.load_state_arrays(state)
+    m = {k: v.numpy() for k, v in a.train_steps(1).items()}
+    assert m["d_trained"][0] == 0
+    z = tf.random.Generator.from_state(state["trainer/rng"], alg="philox").normal((8, a.latent_dim))
+    rows = state["trainer/perm"][0][2 * 8:3 * 8]
+    real = unpack(a._data.numpy()[rows], 16)
+    expected = {}
+    for mode, training in (("train", True), ("eval", False)):
+        c = trainer()
+        c.load_state_arrays(state)
+        fake = c.G(z, training=True)
+        real_logits = c.D(real, training=training)
+        expected[mode] = float(rasgan(real_logits, c.D(fake, training=True))[0])
+    assert abs(expected["train"] - expected["eval"]) > 1e-3       # the two sources differ here
+    assert m["d_loss"][0] == pytest.approx(expected[rule_loss], rel=1e-5)
+
+
+def test_n_critic_trains_g_on_every_nth_step_as_iwgan_did():
+    # 64-3D-IWGan.py: D every iteration, G when iter_counter % 5 == 0 (iterations 0, 5, 10, ...); a step
+    # without G's update leaves G and its optimizer as they were and reports the last G loss
+    trainer = tiny_trainer(loss="wgan-gp", n_critic=3, g_lr=0.01, d_lr=0.001)
+    trainer.start_epoch()
+    changed, g_losses = [], []
+    for _ in range(7):
+        if trainer.position >= trainer.steps_per_epoch:
+            trainer.start_epoch()
+        before = [v.numpy().copy() for v in trainer.G.trainable_weights + trainer.opt_g.variables]
+        m = trainer.train_steps(1)
+        after = [v.numpy() for v in trainer.G.trainable_weights + trainer.opt_g.variables]
+        changed.append(any(not np.array_equal(a, b) for a, b in zip(before, after)))
+        g_losses.append(float(m["g_loss"].numpy()[0]))
+        assert m["d_trained"].numpy()[0] == 1
+    assert changed == [True, False, False, True, False, False, True]
+    assert g_losses[1] == g_losses[2] == g_losses[0] and g_losses[4] == g_losses[5] == g_losses[3]
+    assert int(trainer.opt_g.iterations.numpy()) == 3 and int(trainer.opt_d.iterations.numpy()) == 7
+
+
+def test_restart_state_zeroes_adam_and_the_rule_and_nothing_else():
+    # --lr-schedule-reset: what restarting 64-3D-RaSGan.py from its saved networks resets
+    trainer = tiny_trainer(g_lr=0.01, d_lr=0.001)
+    trainer.start_epoch()
+    trainer.train_steps(3)
+    before = trainer.state_arrays()
+    trainer.restart_state()
+    after = trainer.state_arrays()
+    assert before.keys() == after.keys()
+    fresh = {"train_d": True, "d_smooth": 0.0, "g_smooth": 0.0, "since_d": 0, "ratio": 1, "g_wait": 0, "g_last": 0.0}
+    for key, value in after.items():
+        group, _, name = key.partition("/")
+        if group in ("opt_g", "opt_d") and name != "learning_rate":
+            assert not np.any(value), key
+        elif group == "trainer" and name in fresh:
+            assert value == fresh[name], key
+        else:   # the weights, BatchNorm statistics, learning rates, data order, position, RNG
+            np.testing.assert_array_equal(value, before[key], err_msg=key)
+    assert int(before["opt_g/iteration"]) == 3 and trainer.position == 3
+
+
+def test_lr_schedule_reset_restarts_at_each_row_and_resumes_exactly(tmp_path):
+    schedule = "0:0.002/0.0002,2:0.001/0.0001"
+    straight = fit(tiny_config(tmp_path / "a", epochs=3, lr_schedule=schedule, lr_schedule_reset=True))
+    iteration = lambda run, e: int(runs.load_checkpoint(runs.checkpoint_path(run, e))[0]["opt_g/iteration"])  # noqa: E731
+    steps = 32 // 8
+    assert [iteration(straight, e) for e in (1, 2, 3)] == [steps, 2 * steps, steps]   # zeroed at epoch 2's start
+    plain = fit(tiny_config(tmp_path / "b", epochs=3, lr_schedule=schedule))
+    assert iteration(plain, 3) == 3 * steps
+    fit(tiny_config(tmp_path / "c", epochs=2, lr_schedule=schedule, lr_schedule_reset=True))
+    resumed = fit(tiny_config(tmp_path / "c", epochs=3, lr_schedule=schedule, lr_schedule_reset=True, load=True))
+    a, _ = runs.load_checkpoint(runs.checkpoint_path(straight, 3))
+    b, _ = runs.load_checkpoint(runs.checkpoint_path(resumed, 3))
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
 def test_learning_rates_are_variables_and_the_step_traces_once():

@@ -6,13 +6,25 @@ TensorFlow or Keras is imported; the modules that implement each choice import t
 """
 
 ARCHS = ("rasgan64", "3dgan32")
-OBJECTIVES = ("rasgan", "rsgan", "minimax", "sgan", "wgan-gp")
+#: minimax: the 3D-GAN game with the non-saturating G loss, as both 3D-GAN seeds ran it
+OBJECTIVES = ("rasgan", "rsgan", "minimax", "minimax-saturating", "wgan-gp")
 D_RULES = ("ratio", "accuracy", "always")
+#: when the accuracy rule decides: on this step's D-phase scores before D's update, D trained when < 0.8
+#: (SomTambe's main.py), or on the previous step's, D trained when <= 0.8 (tf3dgan 0.1)
+ACCURACY_TIMINGS = ("current", "previous")
+#: the D loss the ratio rule smooths on a step that skips D: the training-mode loss, or (64-3D-RaSGan.py's
+#: d_loss2) the loss with D's BatchNorm in inference mode
+RULE_LOSSES = ("train", "eval")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")       # multiworker: TensorFlow only
 JAX_STRATEGIES = ("auto", "one", "mirrored")
 IMPLEMENTATIONS = ("native", "phase")                         # G's transposed convolutions
-OUTPUT_ACTIVATIONS = ("linear", "sigmoid")
+OUTPUT_ACTIVATIONS = ("linear", "sigmoid", "tanh")
+#: weight initialisation: "normal" (the TF1 seeds': N(0, 0.02) weights, zero biases, G's BN γ ~ N(1, 0.02)) or
+#: "pytorch" (PyTorch's layer defaults, which SomTambe's 3D-GAN seed keeps)
+INITS = ("normal", "pytorch")
+#: D's normalisation: BatchNorm (every seed but one) or none (64-3D-IWGan.py's critic)
+D_NORMS = ("batch", "none")
 GRAPH_STYLES = ("scatter", "shaded")
 #: 3D graph colour maps by the original's numbers (-c 0..7)
 COLORMAPS = ("copper", "viridis", "plasma", "winter", "cool", "ocean", "inferno", "coolwarm")

@@ -9,11 +9,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from tf3dgan.choices import ARCHS, OUTPUT_ACTIVATIONS
+from tf3dgan.choices import ARCHS, D_NORMS, INITS, OUTPUT_ACTIVATIONS
 
 LATENT_DIM = 200
 _NATIVE_RESOLUTION = {"rasgan64": 64, "3dgan32": 32}
 _DEFAULT_OUTPUT = {"rasgan64": "linear", "3dgan32": "sigmoid"}
+_DEFAULT_INIT = {"rasgan64": "normal", "3dgan32": "pytorch"}   # each architecture's seed's
 
 
 @dataclass(frozen=True)
@@ -25,14 +26,20 @@ class ArchSpec:
     resolution: int = 64
     output_activation: str = "linear"
     latent_dim: int = LATENT_DIM
+    init: str = "normal"        # weight initialisation (choices.INITS); only a new run's weights depend on it
+    data_scale: float = 1.0     # what an occupied voxel is when D sees it (64-3D-RaSGan.py: 255); G's raw output
+    #                             has that scale, the models' inputs and outputs are on the 0..1 scale
+    d_norm: str = "batch"       # D's normalisation (choices.D_NORMS)
+    latent_std: float = 1.0     # G sees z · latent_std for z ~ N(0, 1): SomTambe's 3D-GAN draws z ~ N(0, 0.33)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def make_spec(arch: str = "rasgan64", width: float = 1.0, resolution: int | None = None,
-              output_activation: str | None = None, latent_dim: int = LATENT_DIM) -> ArchSpec:
-    """Validate the options and fill in the architecture's defaults."""
+              output_activation: str | None = None, latent_dim: int = LATENT_DIM, init: str | None = None,
+              data_scale: float = 1.0, d_norm: str = "batch", latent_std: float = 1.0) -> ArchSpec:
+    """Validate the options and fill in the architecture's defaults (``None``: the architecture's own)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
     if resolution is None:
@@ -47,8 +54,21 @@ def make_spec(arch: str = "rasgan64", width: float = 1.0, resolution: int | None
         raise ValueError(f"latent_dim must be a positive integer, got {latent_dim}")
     output_activation = output_activation or _DEFAULT_OUTPUT[arch]
     if output_activation not in OUTPUT_ACTIVATIONS:
-        raise ValueError(f"output activation must be 'linear' or 'sigmoid', got {output_activation!r}")
-    return ArchSpec(arch, float(width), resolution, output_activation, int(latent_dim))
+        raise ValueError(f"output activation must be one of {', '.join(OUTPUT_ACTIVATIONS)}, got {output_activation!r}")
+    init = init or _DEFAULT_INIT[arch]
+    if init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+    if d_norm not in D_NORMS:
+        raise ValueError(f"D normalisation must be one of {', '.join(D_NORMS)}, got {d_norm!r}")
+    if not (isinstance(data_scale, (int, float)) and math.isfinite(data_scale) and data_scale > 0):
+        raise ValueError(f"data scale must be a positive number, got {data_scale}")
+    if data_scale != 1 and output_activation != "linear":
+        raise ValueError(f"data scale {data_scale:g} needs a linear output (a {output_activation} output cannot reach "
+                         f"{data_scale:g}); give --output-activation linear")
+    if not (isinstance(latent_std, (int, float)) and math.isfinite(latent_std) and latent_std > 0):
+        raise ValueError(f"latent std must be a positive number, got {latent_std}")
+    return ArchSpec(arch, float(width), resolution, output_activation, int(latent_dim), init, float(data_scale), d_norm,
+                    float(latent_std))
 
 
 def describe(spec) -> str:

@@ -8,8 +8,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tf3dgan.choices import ARCHS, D_RULES, GRAPH_STYLES, IMPLEMENTATIONS, OBJECTIVES, OUTPUT_ACTIVATIONS, PRECISIONS, STRATEGIES
+from tf3dgan.choices import (
+    ACCURACY_TIMINGS,
+    ARCHS,
+    D_NORMS,
+    D_RULES,
+    GRAPH_STYLES,
+    IMPLEMENTATIONS,
+    INITS,
+    OBJECTIVES,
+    OUTPUT_ACTIVATIONS,
+    PRECISIONS,
+    RULE_LOSSES,
+    STRATEGIES,
+)
 from tf3dgan.cli import HelpFormatter, explicit_flags, run_tool
+from tf3dgan.presets import PRESETS, apply_preset, describe_presets
 from tf3dgan.training.plan import TrainConfig
 
 D = TrainConfig()
@@ -21,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "given with -l changes that setting (each change is announced).",
                                 formatter_class=HelpFormatter)
     p.add_argument("-n", "--name", default=D.name, help="name of the run: outputs go to <out>/<name>/")
+    p.add_argument("--preset", default=None, choices=list(PRESETS),
+                   help="fill every setting from a recipe (flags given win): " + describe_presets())
     p.add_argument("-d", "--data", default=D.data,
                    help="training voxels: a folder (searched recursively for .raw/.binvox/.npy/.npz), a file, "
                         "FILE.npz:KEY, or a built-in set such as synthetic:chairs[:res=32][:n=512]")
@@ -41,15 +57,37 @@ def build_parser() -> argparse.ArgumentParser:
                    help="discriminator learning rate")
     p.add_argument("--arch", default=None, choices=ARCHS,
                    help="network architecture [default: rasgan64; a resumed run keeps its own]")
-    p.add_argument("--loss", default=D.loss, choices=OBJECTIVES, help="GAN objective")
+    p.add_argument("--loss", default=D.loss, choices=OBJECTIVES,
+                   help="GAN objective: rasgan (the RaSGAN seed), rsgan, minimax (3D-GAN, with the non-saturating G "
+                        "loss -log D(G(z)) both 3D-GAN seeds train with), minimax-saturating (the textbook "
+                        "log(1 - D(G(z))) G loss), wgan-gp")
     p.add_argument("--d-rule", default=None, choices=D_RULES,
-                   help="when to train D: ratio (2*D_smooth > G_smooth, the RaSGAN seed), accuracy (D accuracy <= 0.8, "
-                        "3D-GAN), always [default: ratio for rasgan/rsgan, accuracy for minimax/sgan, always for wgan-gp]")
+                   help="when to train D: ratio (factor*D_smooth > G_smooth, the RaSGAN seed), accuracy (D accuracy "
+                        "< 0.8, 3D-GAN), always [default: ratio for rasgan/rsgan, accuracy for minimax, always for "
+                        "wgan-gp]")
+    p.add_argument("--accuracy-timing", default=D.accuracy_timing, choices=ACCURACY_TIMINGS,
+                   help="the accuracy rule decides on this step's D scores before D's update, training D when < 0.8 "
+                        "(current: SomTambe's 3D-GAN), or on the previous step's, when <= 0.8 (previous: tf3dgan 0.1)")
+    p.add_argument("--rule-loss", default=D.rule_loss, choices=RULE_LOSSES,
+                   help="the D loss the ratio rule smooths on a step that skips D: train (BatchNorm in training mode) "
+                        "or eval (inference mode, 64-3D-RaSGan.py's d_loss2)")
+    p.add_argument("--rule-alpha", type=float, default=None,
+                   help="ratio rule: EMA weight of the smoothed losses [default: the loss's, 0.3; rsgan 0.35]")
+    p.add_argument("--rule-factor", type=float, default=None,
+                   help="ratio rule: train D when FACTOR*D_smooth > G_smooth [default: 2; rsgan 1.5]")
+    p.add_argument("--n-critic", type=int, default=D.n_critic,
+                   help="train G every N-th step (64-3D-IWGan.py: 5)")
+    p.add_argument("--adam-beta2", type=float, default=D.adam_beta2, help="Adam's beta2 (beta1 is 0.5 as in every seed)")
+    p.add_argument("--adam-epsilon", type=float, default=D.adam_epsilon,
+                   help="Adam's epsilon (Keras' default 1e-7; TensorFlow 1 and PyTorch: 1e-8)")
     p.add_argument("--precision", default=None, choices=PRECISIONS,
                    help="[default: mixed_float16 when a GPU is visible, else float32]")
     p.add_argument("--lr-schedule", default=None,
                    help="per-epoch learning rates 'EPOCH:GLR/DLR,...' (e.g. the seed's chair run "
                         "'0:0.002/0.00005,300:0.005/0.00005,1200:0.007/0.00003,1600:0.008/0.00001') or a JSON file")
+    p.add_argument("--lr-schedule-reset", action="store_true",
+                   help="where --lr-schedule starts a new row, zero Adam's moments and restart the D rule, as "
+                        "restarting the seed's script with the table's next rates did")
     p.add_argument("--seed", type=int, default=D.seed, help="seed of everything random")
     p.add_argument("--width", type=float, default=None,
                    help="channel-width multiplier, e.g. 0.25 for CPU demos [default: 1; a resumed run keeps its own]")
@@ -61,6 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "(1 = binvox -down -dmin 1)")
     p.add_argument("--output-activation", default=None, choices=OUTPUT_ACTIVATIONS,
                    help="generator output [default: linear for rasgan64 (as the seed), sigmoid for 3dgan32]")
+    p.add_argument("--init", default=None, choices=INITS,
+                   help="weight initialisation: normal (N(0, 0.02), the TF1 seeds) or pytorch (PyTorch's layer "
+                        "defaults, SomTambe's 3D-GAN) [default: normal for rasgan64, pytorch for 3dgan32]")
+    p.add_argument("--data-scale", type=float, default=D.data_scale,
+                   help="what an occupied voxel is when D sees it, and the scale G's raw output trains to "
+                        "(64-3D-RaSGan.py fed 0/255); samples, meshes and metrics stay on the 0..1 scale")
+    p.add_argument("--d-norm", default=D.d_norm, choices=D_NORMS,
+                   help="D's normalisation: batch, or none (64-3D-IWGan.py's critic)")
+    p.add_argument("--latent-std", type=float, default=D.latent_std,
+                   help="G sees z*STD for z ~ N(0, 1) (SomTambe's 3D-GAN: 0.33); sampling needs no change")
     p.add_argument("--xla", action="store_true", help="compile the train step with XLA (jit_compile)")
     p.add_argument("--strategy", default=D.strategy, choices=STRATEGIES,
                    help="multi-device training: auto = mirrored over all GPUs when there are several; one; "
@@ -93,11 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     given = explicit_flags(parser, argv)
+    values = vars(args)
+    if args.preset:
+        values, given = apply_preset(args.preset, values, given)
 
     def train():
         from tf3dgan.training.loop import fit  # TensorFlow loads only after the settings, run and data are checked
 
-        fit(TrainConfig(**vars(args)), given=given)
+        fit(TrainConfig(**values), given=given)
 
     return run_tool(train, needs_tensorflow=False)
 

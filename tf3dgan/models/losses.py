@@ -49,21 +49,27 @@ def rsgan(real_logits, fake_logits):
 
 
 def minimax(real_logits, fake_logits):
-    """The original GAN game (3D-GAN): D maximises log D(x) + log(1 − D(G(z))),
-    G minimises log(1 − D(G(z))) (the saturating form).
+    """The 3D-GAN objective as both 3D-GAN implementations train it (SomTambe's ``main.py``, jpjuvo's
+    ``64-3D-Gan.py``): D minimises the binary cross-entropy of the original GAN game, G the
+    *non-saturating* loss −log D(G(z)) (Goodfellow et al. 2014, §3), whose gradient does not vanish when D
+    rejects the fakes.
+
+    L_D = −E log σ(C(x_r)) − E log(1 − σ(C(x_f)));  L_G = −E log σ(C(x_f)).
+    """
+    real, fake = _f32(real_logits), _f32(fake_logits)
+    d_loss = _mean_softplus(-real) + _mean_softplus(fake)
+    return d_loss, _mean_softplus(-fake)
+
+
+def minimax_saturating(real_logits, fake_logits):
+    """The textbook minimax game: the same D loss, and G minimises log(1 − D(G(z))) (the saturating form,
+    whose gradient vanishes whenever D rejects the fakes; no seed trains this way).
 
     L_D = −E log σ(C(x_r)) − E log(1 − σ(C(x_f)));  L_G = E log(1 − σ(C(x_f))) = −E softplus(C(x_f)).
     """
     real, fake = _f32(real_logits), _f32(fake_logits)
     d_loss = _mean_softplus(-real) + _mean_softplus(fake)
     return d_loss, -_mean_softplus(fake)
-
-
-def sgan(real_logits, fake_logits):
-    """Standard GAN with the non-saturating generator loss L_G = −E log σ(C(x_f))."""
-    real, fake = _f32(real_logits), _f32(fake_logits)
-    d_loss = _mean_softplus(-real) + _mean_softplus(fake)
-    return d_loss, _mean_softplus(-fake)
 
 
 def wgan_gp(real_logits, fake_logits):
@@ -95,30 +101,38 @@ class Objective:
     relativistic: bool     # D's decisions compare real against fake scores
     default_d_rule: str    # when to train D: "ratio" (the RaSGAN seed), "accuracy" (3D-GAN), "always"
     gp_weight: float = 0.0  # λ of the gradient penalty λ·E(‖∇C(x̂)‖ − 1)² added to D's loss (0: none)
+    rule_alpha: float = 0.3   # the ratio rule: EMA weight α of the smoothed losses (64-3D-RaSGan.py)
+    rule_factor: float = 2.0  # the ratio rule: train D when factor · D_smooth > G_smooth
 
 
 OBJECTIVES = {
     "rasgan": Objective("rasgan", rasgan, True, "ratio"),
-    "rsgan": Objective("rsgan", rsgan, True, "ratio"),
+    "rsgan": Objective("rsgan", rsgan, True, "ratio", rule_alpha=0.35, rule_factor=1.5),   # 64-3D-RSGan.py
     "minimax": Objective("minimax", minimax, False, "accuracy"),
-    "sgan": Objective("sgan", sgan, False, "accuracy"),
+    "minimax-saturating": Objective("minimax-saturating", minimax_saturating, False, "accuracy"),
     "wgan-gp": Objective("wgan-gp", wgan_gp, True, "always", gp_weight=GP_WEIGHT),
 }
+
+
+#: loss names of config format 1 (tf3dgan 0.1) -> today's (see tf3dgan.training.plan.upgrade_config)
+RENAMED_V1 = {"minimax": "minimax-saturating", "sgan": "minimax"}
 
 
 def get_objective(name: str) -> Objective:
     try:
         return OBJECTIVES[name]
     except KeyError:
-        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(OBJECTIVES)}") from None
+        hint = "; 'sgan' is now called 'minimax' (non-saturating, as the 3D-GAN seeds ran it)" if name == "sgan" else ""
+        raise ValueError(f"unknown loss {name!r}; choose one of {', '.join(OBJECTIVES)}{hint}") from None
 
 
 def d_accuracy(objective: Objective, real_logits, fake_logits):
-    """Share of the batch D classifies correctly (the 3D-GAN paper's "train D only when
-    its accuracy ≤ 0.8" rule).  Relativistic objectives judge C(x) against the other
-    batch's mean score; the others judge the sign of the logit."""
+    """Share of the batch D classifies correctly (the 3D-GAN paper's "train D only when its accuracy is
+    below 0.8" rule), the mean of the real and the fake batch's shares: a real grid counts at D ≥ 0.5 (logit
+    ≥ 0), a fake at D < 0.5, as SomTambe's ``main.py`` counts them.  Relativistic objectives judge C(x)
+    against the other batch's mean score; the others judge the sign of the logit."""
     real, fake = _f32(real_logits), _f32(fake_logits)
     if objective.relativistic:
         real, fake = real - ops.mean(fake), fake - ops.mean(real)
-    hits = ops.mean(ops.cast(real > 0, "float32")) + ops.mean(ops.cast(fake < 0, "float32"))
+    hits = ops.mean(ops.cast(real >= 0, "float32")) + ops.mean(ops.cast(fake < 0, "float32"))   # SomTambe's ties
     return hits / 2.0

@@ -9,12 +9,17 @@ Architectures (channels-last, grids batched as ``(N, D, H, W, 1)``):
   Conv3DTranspose(k4, s2, same) 512→256→128→64→1 with BN+ReLU after all but the last;
   raw (linear) output.  D = Conv3D(k4, s2, same) 1→64 LeakyReLU(0.2) [no BN], then
   64→128→256→512 each BN + LeakyReLU(0.2), Flatten, Dense(1) → logit.  Weights N(0, 0.02),
-  biases 0, G's BN gammas N(1, 0.02).
+  biases 0, G's BN gammas N(1, 0.02), D's N(1, 0.002) (``init="normal"``, the default).
 
 ``3dgan32`` — the 3D-GAN PyTorch seed (Wu et al. 2016, 32³): G = z as 1³×200 →
   Conv3DTranspose k2 s1 → 512, then k2 s2 → 256 → 128 → 64 → 1, no biases, BN+ReLU after
   all but the last, sigmoid output.  D = Conv3D k3 s2 valid, no biases, 1→64→128→256→512
-  each BN + LeakyReLU(0.2) (32→15→7→3→1), then Conv3D k1 512→1 → logit.
+  each BN + LeakyReLU(0.2) (32→15→7→3→1), then Conv3D k1 512→1 → logit.  PyTorch's default
+  initialisation (``init="pytorch"``, the default for this architecture).
+
+``ArchSpec`` also carries the seeds' data conventions: ``data_scale`` (D sees an occupied voxel as this value
+and G's raw output trains to it; the models take and return grids on the 0..1 scale), ``latent_std`` (G sees
+z·std), and ``d_norm="none"`` (64-3D-IWGan.py's critic, without BatchNorm).
 
 ``resolution`` changes the number of up/down-sampling stages (both networks keep the layers
 nearest the voxel grid, so a 16³ ``rasgan64`` G is Dense→4³·128 → 8³·64 → 16³·1 and its D
@@ -53,14 +58,47 @@ def _init(std=0.02, mean=0.0):
     return keras.initializers.RandomNormal(mean=mean, stddev=std)
 
 
+class _Inits:
+    """The initialisers of one ``init`` scheme (``ArchSpec.init``).
+
+    ``normal`` (the TF1 seeds, jpjuvo's tensorlayer code): weights N(0, 0.02), biases 0, G's BatchNorm
+    γ ~ N(1, 0.02), D's γ ~ N(1, 0.002) (tensorlayer 1.9's default, which 64-3D-RaSGan.py keeps).
+    ``pytorch`` (what a PyTorch layer starts from, SomTambe's 3D-GAN seed): weights
+    U(±1/√fan_in) (``kaiming_uniform_(a=√5)``: variance 1/(3·fan_in); Keras' VarianceScaling(1/3, fan_in,
+    uniform) computes the same fan-in, out-channels·k³ for a transposed convolution as PyTorch does), biases
+    U(±1/√fan_in), BatchNorm γ = 1, β = 0."""
+
+    def __init__(self, scheme: str):
+        self.pytorch = scheme == "pytorch"
+
+    def kernel(self):
+        if self.pytorch:
+            return keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
+        return _init()
+
+    def bias(self, fan_in: int):
+        if self.pytorch:
+            bound = 1.0 / math.sqrt(fan_in)
+            return keras.initializers.RandomUniform(-bound, bound)
+        return "zeros"
+
+    def g_gamma(self):
+        return "ones" if self.pytorch else _init(mean=1.0)
+
+    def d_gamma(self):   # 64-3D-RaSGan.py passes none: tensorlayer 1.9's BatchNormLayer default, N(1, 0.002)
+        return "ones" if self.pytorch else _init(std=0.002, mean=1.0)
+
+
 class _VoxelNet(keras.Model):
     """A chain of layers (``self.blocks``) built from an :class:`ArchSpec`; BatchNorm layers
     get the ``training`` flag, the others are called plainly."""
 
     def __init__(self, arch="rasgan64", width=1.0, resolution=None, output_activation=None,
-                 latent_dim=LATENT_DIM, dtype_policy=None, synchronized_bn=False, conv_transpose="native", **kwargs):
+                 latent_dim=LATENT_DIM, dtype_policy=None, synchronized_bn=False, conv_transpose="native",
+                 init=None, data_scale=1.0, d_norm="batch", latent_std=1.0, **kwargs):
         super().__init__(**kwargs)
-        self.spec = make_spec(arch, width, resolution, output_activation, latent_dim)
+        self.spec = make_spec(arch, width, resolution, output_activation, latent_dim, init, data_scale, d_norm,
+                              latent_std)
         if conv_transpose not in IMPLEMENTATIONS:
             raise ValueError(f"conv_transpose must be one of {', '.join(IMPLEMENTATIONS)}, got {conv_transpose!r}")
         self.conv_transpose = conv_transpose
@@ -86,7 +124,7 @@ class _VoxelNet(keras.Model):
             shape = layer.compute_output_shape(shape)
         self.built = True
 
-    def call(self, x, training=False):
+    def _chain(self, x, training):
         for layer in self.blocks:
             x = layer(x, training=training) if isinstance(layer, layers.BatchNormalization) else layer(x)
         return x
@@ -99,22 +137,30 @@ class _VoxelNet(keras.Model):
 
 
 class Generator(_VoxelNet):
-    """Maps latent vectors ``(N, latent_dim)`` to voxel grids ``(N, R, R, R, 1)`` (float32)."""
+    """Maps latent vectors ``(N, latent_dim)`` to voxel grids ``(N, R, R, R, 1)`` (float32, on the 0..1 scale:
+    with ``data_scale`` s the last layer's raw output, which trains towards s, is divided by s)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("name", "generator")
         super().__init__(*args, **kwargs)
 
+    def call(self, z, training=False):
+        x = self._chain(z if self.spec.latent_std == 1 else z * self.spec.latent_std, training)
+        return x if self.spec.data_scale == 1 else x / self.spec.data_scale
+
     def _make_blocks(self, s: ArchSpec, p) -> list:
         stages = int(math.log2(s.resolution // (4 if s.arch == "rasgan64" else 2)))
         chans = [_channels(64 * 2**i, s.width) for i in reversed(range(stages))]
-        conv = dict(kernel_initializer=_init(), dtype=p)
-        bn = dict(gamma_initializer=_init(mean=1.0), dtype=p)
+        init = _Inits(s.init)
+        conv = dict(kernel_initializer=init.kernel(), dtype=p)
+        bn = dict(gamma_initializer=init.g_gamma(), dtype=p)
         deconv = PhaseConv3DTranspose if self.conv_transpose == "phase" else layers.Conv3DTranspose
-        if s.arch == "rasgan64":
-            blocks = [layers.Dense(4 * 4 * 4 * chans[0], **conv), layers.Reshape((4, 4, 4, chans[0]), dtype=p)]
-            ups = [deconv(c, 4, strides=2, padding="same", **conv) for c in chans[1:]]
-            last = deconv(1, 4, strides=2, padding="same", **conv)
+        if s.arch == "rasgan64":   # a transposed convolution's bias fan-in is out-channels · k³ (PyTorch's)
+            blocks = [layers.Dense(4 * 4 * 4 * chans[0], bias_initializer=init.bias(s.latent_dim), **conv),
+                      layers.Reshape((4, 4, 4, chans[0]), dtype=p)]
+            ups = [deconv(c, 4, strides=2, padding="same", bias_initializer=init.bias(c * 4**3), **conv)
+                   for c in chans[1:]]
+            last = deconv(1, 4, strides=2, padding="same", bias_initializer=init.bias(4**3), **conv)
         else:
             blocks = [layers.Reshape((1, 1, 1, s.latent_dim), dtype=p),
                       deconv(chans[0], 2, strides=1, use_bias=False, **conv)]
@@ -127,37 +173,49 @@ class Generator(_VoxelNet):
 
 
 class Discriminator(_VoxelNet):
-    """Maps voxel grids ``(N, R, R, R, 1)`` to one float32 logit per grid, ``(N, 1)``."""
+    """Maps voxel grids ``(N, R, R, R, 1)`` on the 0..1 scale to one float32 logit per grid, ``(N, 1)`` (with
+    ``data_scale`` s the grid is multiplied by s first: D sees what the seed's D saw)."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("name", "discriminator")
         super().__init__(*args, **kwargs)
 
+    def call(self, x, training=False):
+        return self._chain(x if self.spec.data_scale == 1 else x * self.spec.data_scale, training)
+
     def _make_blocks(self, s: ArchSpec, p) -> list:
         act = dict(negative_slope=0.2, dtype=p)
-        bn = dict(dtype=p)
-        blocks = []
+        init = _Inits(s.init)
+        bn = dict(gamma_initializer=init.d_gamma(), dtype=p)
+        norm = s.d_norm == "batch"
+        blocks, channels_in = [], 1
         if s.arch == "rasgan64":
             for i in range(int(math.log2(s.resolution // 4))):
-                blocks.append(layers.Conv3D(_channels(64 * 2**i, s.width), 4, strides=2, padding="same",
-                                            kernel_initializer=_init(), dtype=p))
-                if i > 0:
+                c = _channels(64 * 2**i, s.width)
+                blocks.append(layers.Conv3D(c, 4, strides=2, padding="same", kernel_initializer=init.kernel(),
+                                            bias_initializer=init.bias(channels_in * 4**3), dtype=p))
+                if i > 0 and norm:
                     blocks.append(self._bn(**bn))
                 blocks.append(layers.LeakyReLU(**act))
-            return blocks + [layers.Flatten(dtype=p), layers.Dense(1, kernel_initializer=_init(), dtype="float32")]
+                channels_in = c
+            return blocks + [layers.Flatten(dtype=p),
+                             layers.Dense(1, kernel_initializer=init.kernel(),
+                                          bias_initializer=init.bias(4**3 * channels_in), dtype="float32")]
         size, i = s.resolution, 0
         while size > 1:   # k3 s2 valid: 32 -> 15 -> 7 -> 3 -> 1
-            blocks += [layers.Conv3D(_channels(64 * 2**i, s.width), 3, strides=2, use_bias=False,
-                                     kernel_initializer=_init(), dtype=p),
-                       self._bn(**bn), layers.LeakyReLU(**act)]
+            blocks.append(layers.Conv3D(_channels(64 * 2**i, s.width), 3, strides=2, use_bias=False,
+                                        kernel_initializer=init.kernel(), dtype=p))
+            blocks += [self._bn(**bn)] if norm else []
+            blocks.append(layers.LeakyReLU(**act))
             size, i = (size - 3) // 2 + 1, i + 1
-        return blocks + [layers.Conv3D(1, 1, use_bias=False, kernel_initializer=_init(), dtype="float32"),
+        return blocks + [layers.Conv3D(1, 1, use_bias=False, kernel_initializer=init.kernel(), dtype="float32"),
                          layers.Flatten(dtype="float32")]
 
 
 def build_models(arch: str = "rasgan64", width: float = 1.0, resolution: int | None = None,
                  output_activation: str | None = None, latent_dim: int = LATENT_DIM,
-                 dtype_policy: str | None = None, synchronized_bn: bool = False, conv_transpose: str = "native"):
+                 dtype_policy: str | None = None, synchronized_bn: bool = False, conv_transpose: str = "native",
+                 init: str | None = None, data_scale: float = 1.0, d_norm: str = "batch", latent_std: float = 1.0):
     """Return the built ``(generator, discriminator)`` pair for an architecture name.
 
     ``dtype_policy`` is a Keras dtype policy name (``"float32"``, ``"mixed_float16"``,
@@ -168,7 +226,7 @@ def build_models(arch: str = "rasgan64", width: float = 1.0, resolution: int | N
     ``conv_transpose="phase"`` computes the generator's transposed convolutions in the phase
     form (:mod:`tf3dgan.models.phase_conv`: same weights, same outputs to float tolerance).
     """
-    spec = make_spec(arch, width, resolution, output_activation, latent_dim)
+    spec = make_spec(arch, width, resolution, output_activation, latent_dim, init, data_scale, d_norm, latent_std)
     kw = dict(spec.to_dict(), dtype_policy=dtype_policy, synchronized_bn=synchronized_bn)
     generator, discriminator = Generator(**kw, conv_transpose=conv_transpose), Discriminator(**kw)
     r = spec.resolution

@@ -64,7 +64,11 @@ RULE_STATE = {
     "g_smooth": np.float32,
     "since_d": np.int32,    # steps since D was last trained
     "ratio": np.int32,      # the seed's "G/D train ratio"
+    "g_wait": np.int32,     # steps until G's next update (``n_critic`` > 1: G trains when it is 0)
+    "g_last": np.float32,   # G's loss at its last update (what a step without one reports)
 }
+#: rule-state entries a checkpoint may lack (written before they existed): they load as their initial value
+OPTIONAL_STATE = ("g_wait", "g_last")
 
 
 @dataclass(frozen=True)
@@ -77,12 +81,20 @@ class StepSettings:
     latent_dim: int
     ema_alpha: float = 0.3
     accuracy_threshold: float = 0.8
+    rule_factor: float = 2.0            # ratio rule: train D when factor · D_smooth > G_smooth
+    accuracy_timing: str = "current"    # accuracy rule: "current" step's scores (< threshold) or "previous" (≤)
+    rule_loss: str = "train"            # ratio rule, on a step that skips D: "train"- or "eval"-mode BN loss
+    n_critic: int = 1                   # G trained every n-th step (64-3D-IWGan.py: 5)
 
+    @property
+    def decides_now(self) -> bool:
+        """The D rule decides on this step's scores, before D's update (SomTambe's accuracy rule)."""
+        return self.d_rule == "accuracy" and self.accuracy_timing == "current"
 
 def initial_rule_state(n: int) -> dict[str, np.ndarray]:
     """The rule state before the first step of a run over ``n`` grids."""
     values = {"perm": np.tile(np.arange(n), (2, 1)), "pos": 0, "train_d": True, "d_smooth": 0.0, "g_smooth": 0.0,
-              "since_d": 0, "ratio": 1}
+              "since_d": 0, "ratio": 1, "g_wait": 0, "g_last": 0.0}
     return {key: np.asarray(values[key], dtype=dtype) for key, dtype in RULE_STATE.items()}
 
 
@@ -100,17 +112,22 @@ def batch_rows(perm, pos, which: int, batch_size: int):
 
 
 # ---------------------------------------------------------------------- the phases
-def d_phase(ctx, cfg: StepSettings, train: bool, packed, z, eps, val_packed):
+def d_phase(ctx, cfg: StepSettings, mode: str, packed, z, eps, val_packed):
     """One replica's D phase (``packed``/``z``/``eps``/``val_packed``: the global batch's):
-    ``(d_loss, d_accuracy, val_loss)``, D updated when ``train``."""
+    ``(d_loss, d_accuracy, val_loss, trained)``.
+
+    ``mode``: ``"train"`` (D updated), ``"skip"`` (not updated; with ``rule_loss="eval"`` the real batch goes
+    through D with BatchNorm in inference mode, the fakes in training mode, as 64-3D-RaSGan.py's ``d_loss2``)
+    or ``"decide"`` (D updated when its accuracy on this batch, before the update, is below the threshold:
+    SomTambe's accuracy rule)."""
     objective = cfg.objective
     real, z = unpack(ctx.local(packed), cfg.dim), ctx.local(z)
 
-    def loss():
+    def loss(real_training: bool = True):
         fake = ctx.G(z, True)
-        real_logits, fake_logits = ctx.gather(ctx.D(real, True), ctx.D(fake, True))
+        real_logits, fake_logits = ctx.gather(ctx.D(real, real_training), ctx.D(fake, True))
         d_loss = objective.fn(real_logits, fake_logits)[0]
-        if objective.gp_weight:
+        if objective.gp_weight and real_training:
             mix = ctx.local(eps)
             mixed = mix * real + (1.0 - mix) * ops.cast(fake, "float32")
             grads = ctx.input_gradient(lambda x: ctx.D(x, True), mixed)
@@ -118,14 +135,24 @@ def d_phase(ctx, cfg: StepSettings, train: bool, packed, z, eps, val_packed):
             d_loss = d_loss + objective.gp_weight * penalty
         return d_loss, (d_loss, real_logits, fake_logits)
 
-    d_loss, real_logits, fake_logits = ctx.minimize("d", loss) if train else loss()[1]
-    accuracy = ops.cast(losses.d_accuracy(objective, real_logits, fake_logits), "float32")
+    def accuracy_of(aux):
+        return ops.cast(losses.d_accuracy(objective, aux[1], aux[2]), "float32")
+
+    if mode == "train":
+        aux, trained = ctx.minimize("d", loss), ops.convert_to_tensor(True)
+    elif mode == "decide":
+        aux = ctx.minimize("d", loss, when=lambda aux: accuracy_of(aux) < cfg.accuracy_threshold)
+        trained = accuracy_of(aux) < cfg.accuracy_threshold
+    else:
+        aux, trained = loss(cfg.rule_loss == "train")[1], ops.convert_to_tensor(False)
+    d_loss, real_logits, fake_logits = aux
+    accuracy = accuracy_of(aux)
     if val_packed is None:
         val_loss = ops.convert_to_tensor(np.float32(np.nan))
     else:
         (val_logits,) = ctx.gather(ctx.D(unpack(ctx.local(val_packed), cfg.dim), False))
         val_loss = objective.fn(val_logits, fake_logits)[0]
-    return d_loss, accuracy, val_loss
+    return d_loss, accuracy, val_loss, trained
 
 
 def g_phase(ctx, cfg: StepSettings, packed, z):
@@ -141,40 +168,55 @@ def g_phase(ctx, cfg: StepSettings, packed, z):
     return ctx.minimize("g", loss)
 
 
-def update_rule(cfg: StepSettings, state: dict, trained, d_loss, g_loss, accuracy) -> dict:
-    """The rule state after a step: whether D trains next, the smoothed losses, the G/D ratio, the position."""
+def update_rule(cfg: StepSettings, state: dict, trained, d_loss, g_loss, accuracy, g_trained=True) -> dict:
+    """The rule state after a step: whether D trains next, the smoothed losses, the G/D ratio, the position.
+    ``trained``: whether D was trained on this step; ``g_trained``: whether G was (``n_critic``)."""
     a = cfg.ema_alpha
     d_smooth = a * d_loss + (1.0 - a) * state["d_smooth"]
     g_smooth = a * g_loss + (1.0 - a) * state["g_smooth"]
+    if cfg.n_critic > 1:   # a step without G's update has no new G loss: the smoothed one stays
+        g_smooth = ops.where(g_trained, g_smooth, state["g_smooth"])
     if cfg.d_rule == "ratio":
-        train_next = 2.0 * d_smooth > g_smooth
-    elif cfg.d_rule == "accuracy":
+        train_next = cfg.rule_factor * d_smooth > g_smooth
+    elif cfg.d_rule == "accuracy" and not cfg.decides_now:
         train_next = accuracy <= cfg.accuracy_threshold
-    else:
+    else:   # always, or decided on each step itself
         train_next = ops.convert_to_tensor(True)
     one = ops.convert_to_tensor(np.int32(1))
+    wait = ops.convert_to_tensor(np.int32(cfg.n_critic - 1))
     return dict(state, pos=state["pos"] + one, train_d=train_next, d_smooth=d_smooth, g_smooth=g_smooth,
                 ratio=ops.where(trained, state["since_d"], state["ratio"]),
-                since_d=ops.where(trained, one, state["since_d"] + one))
+                since_d=ops.where(trained, one, state["since_d"] + one),
+                g_wait=ops.where(g_trained, wait, state["g_wait"] - one), g_last=g_loss)
 
 
 def train_step(ctx, cfg: StepSettings, state: dict) -> tuple[dict, dict]:
     """One step from rule state ``state``: ``(new rule state, metrics)`` (metrics: float32 scalars, ``METRICS``)."""
     b = cfg.batch_size
-    trained = state["train_d"]
     packed = ops.take(ctx.data, batch_rows(state["perm"], state["pos"], 0, b), axis=0)
     z = ctx.latents("d")
     eps = ctx.mix_weights() if cfg.objective.gp_weight else None
     val_packed = None if ctx.val is None else ops.take(ctx.val, ctx.validation_rows(ops.shape(ctx.val)[0]), axis=0)
 
-    def d(train: bool):
-        return lambda: ctx.per_replica(lambda *args: d_phase(ctx, cfg, train, *args), packed, z, eps, val_packed)
+    def d(mode: str):
+        return lambda: ctx.per_replica(lambda *args: d_phase(ctx, cfg, mode, *args), packed, z, eps, val_packed)
 
-    d_loss, accuracy, val_loss = ctx.cond(trained, d(True), d(False))
+    if cfg.decides_now:
+        d_loss, accuracy, val_loss, trained = d("decide")()
+    else:
+        d_loss, accuracy, val_loss, trained = ctx.cond(state["train_d"], d("train"), d("skip"))
     packed2 = ops.take(ctx.data, batch_rows(state["perm"], state["pos"], 1, b), axis=0)
     z2 = ctx.latents("g")
-    g_loss = ctx.per_replica(lambda *args: g_phase(ctx, cfg, *args), packed2, z2)
-    new_state = update_rule(cfg, state, trained, d_loss, g_loss, accuracy)
+
+    def g():
+        return ctx.per_replica(lambda *args: g_phase(ctx, cfg, *args), packed2, z2)
+
+    if cfg.n_critic > 1:   # 64-3D-IWGan.py: G steps on iterations 0, n, 2n, ... after that iteration's D step
+        g_trained = state["g_wait"] == 0
+        g_loss = ctx.cond(g_trained, g, lambda: ops.cast(state["g_last"], "float32"))   # no update: the last loss
+    else:
+        g_trained, g_loss = ops.convert_to_tensor(True), g()
+    new_state = update_rule(cfg, state, trained, d_loss, g_loss, accuracy, g_trained)
     metrics = {"d_loss": d_loss, "g_loss": g_loss, "val_loss": val_loss, "d_trained": trained,
                "ratio": new_state["ratio"], "d_accuracy": accuracy, "loss_scale": ctx.loss_scale()}
     return new_state, {k: ops.cast(metrics[k], "float32") for k in METRICS}

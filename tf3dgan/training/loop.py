@@ -31,6 +31,7 @@ from tf3dgan.training.plan import (  # noqa: F401  (the names the flat layout's 
     parse_lr_schedule,
     prepare,
     resume_command,
+    schedule_restarts,
 )
 
 
@@ -96,6 +97,8 @@ def _train_epoch(run: Run, outputs: RunOutputs, stop):
     trainer, steps, cfg = run.trainer, run.trainer.steps_per_epoch, run.cfg
     trainer.set_learning_rates(*lr_at(run.plan.schedule, run.epoch))
     if trainer.position == 0 or trainer.position >= steps:
+        if cfg.lr_schedule_reset and run.epoch in schedule_restarts(run.plan.schedule):
+            trainer.restart_state()   # as the seed's restart with the table's next rates
         trainer.start_epoch()
     done, results, last_refresh = trainer.position, [], 0.0
     bar = tqdm(total=steps, initial=done, desc=f"epoch {run.epoch + 1}/{cfg.epochs}", leave=False,

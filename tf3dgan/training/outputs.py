@@ -19,7 +19,7 @@ from tqdm import tqdm
 from tf3dgan.atomic import atomic_path
 from tf3dgan.training import runs
 from tf3dgan.training.build import Run
-from tf3dgan.training.plan import PER_INVOCATION
+from tf3dgan.training.plan import CONFIG_FORMAT, PER_INVOCATION
 from tf3dgan.training.summaries import SummaryWriter
 
 
@@ -62,7 +62,7 @@ class RunOutputs:
         if run.data.pooled_from:
             data.update(pooled_from=run.data.pooled_from, pool_min=run.data.pool_min)
         trainer = run.trainer
-        return {"tf3dgan": __import__("tf3dgan").__version__, "settings": settings,
+        return {"tf3dgan": __import__("tf3dgan").__version__, "format": CONFIG_FORMAT, "settings": settings,
                 "model": run.spec, "precision": run.precision, "batch_size": run.batch,
                 "data": data,
                 "validation": None if run.val is None else {"source": run.val.source, "count": len(run.val)},

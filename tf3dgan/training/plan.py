@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tf3dgan.atomic import stale_temps
+from tf3dgan.choices import ACCURACY_TIMINGS, RULE_LOSSES
 from tf3dgan.errors import CheckpointError, Tf3dganError, write_error
 from tf3dgan.spec import make_spec
 from tf3dgan.training import runs
@@ -50,13 +51,26 @@ class TrainConfig:
     arch: str | None = None              # None: rasgan64 for a new run, the saved one for a resumed run
     loss: str = "rasgan"
     d_rule: str | None = None
+    accuracy_timing: str = "current"     # the accuracy rule decides on this step's scores (SomTambe) or the last
+    rule_loss: str = "train"             # the ratio rule's D loss on a skipped step: "train" or "eval" BatchNorm
+    rule_alpha: float | None = None      # None: the objective's (0.3; rsgan 0.35)
+    rule_factor: float | None = None     # None: the objective's (2; rsgan 1.5)
+    n_critic: int = 1                    # G trained every n-th step
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-7           # Keras' default (TF1 and PyTorch: 1e-8)
     precision: str | None = None
     lr_schedule: str | None = None
+    lr_schedule_reset: bool = False      # reset Adam and the D rule where the schedule changes the rates
     seed: int = 0
     width: float | None = None           # None: 1.0 for a new run, the saved one for a resumed run
     resolution: int | None = None
     pool_min: int = 1
     output_activation: str | None = None
+    init: str | None = None              # None: the architecture's seed's (rasgan64 normal, 3dgan32 pytorch)
+    data_scale: float = 1.0
+    d_norm: str = "batch"
+    latent_std: float = 1.0
+    preset: str | None = None            # the preset the settings came from (tf3dgan.presets), for the record
     xla: bool = False
     strategy: str = "auto"
     sync_bn: bool = True
@@ -78,7 +92,10 @@ class TrainConfig:
 PER_INVOCATION = ("name", "out", "load", "load_epoch", "progress")
 #: The model flags: a resumed run keeps the model it was made with.
 MODEL_FLAGS = {"arch": "--arch", "width": "--width", "resolution": "--resolution",
-               "output_activation": "--output-activation"}
+               "output_activation": "--output-activation", "init": "--init", "data_scale": "--data-scale",
+               "d_norm": "--d-norm", "latent_std": "--latent-std"}
+#: config.json's format: 2 since the objectives were renamed (tf3dgan.models.losses.RENAMED_V1)
+CONFIG_FORMAT = 2
 #: Settings a resumed run cannot change: the model, and the seed of its random stream.
 FIXED_ON_RESUME = {**MODEL_FLAGS, "seed": "--seed"}
 #: The command-line flag of each setting, for messages.
@@ -127,6 +144,11 @@ def parse_lr_schedule(spec: str | None, glr: float, dlr: float) -> list[tuple[in
     return sorted((e, g, d) for e, (g, d) in by_epoch.items())
 
 
+def schedule_restarts(schedule) -> set[int]:
+    """The epochs where a schedule starts a new row (where the seed's table restarted its script)."""
+    return {start for start, _, _ in schedule if start > 0}
+
+
 def lr_at(schedule, epoch: int) -> tuple[float, float]:
     g, d = schedule[0][1:]
     for start, g_lr, d_lr in schedule:
@@ -173,7 +195,8 @@ class RunPlan:
         model = self.model
         if model is None:
             model = make_spec(cfg.arch or "rasgan64", 1.0 if cfg.width is None else cfg.width, data.dim,
-                              cfg.output_activation).to_dict()
+                              cfg.output_activation, init=cfg.init, data_scale=cfg.data_scale,
+                              d_norm=cfg.d_norm, latent_std=cfg.latent_std).to_dict()
         for key in MODEL_FLAGS:   # config.json's settings name the model trained
             setattr(cfg, key, model[key])
         batch, note = clamp_batch(cfg.batchsize, data)
@@ -249,8 +272,47 @@ def _check_settings(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
             raise Tf3dganError(f"{flag_of(name)} must be a positive learning rate, got {value}")
+    if cfg.n_critic < 1:
+        raise Tf3dganError(f"--n-critic must be at least 1, got {cfg.n_critic}")
+    for name, low, high in (("adam_beta2", 0.0, 1.0), ("rule_alpha", 0.0, 1.0)):
+        value = getattr(cfg, name)
+        if value is not None and not (math.isfinite(value) and low < value < high + (name == "rule_alpha")):
+            raise Tf3dganError(f"{flag_of(name)} must be in (0, 1{']' if name == 'rule_alpha' else ')'}, got {value}")
+    for name in ("adam_epsilon", "rule_factor"):
+        value = getattr(cfg, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise Tf3dganError(f"{flag_of(name)} must be a positive number, got {value}")
+    for name, allowed in (("accuracy_timing", ACCURACY_TIMINGS), ("rule_loss", RULE_LOSSES)):
+        if getattr(cfg, name) not in allowed:
+            raise Tf3dganError(f"{flag_of(name)} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
+    if cfg.lr_schedule_reset and not cfg.lr_schedule:
+        raise Tf3dganError("--lr-schedule-reset resets Adam and the D rule where --lr-schedule changes the rates; "
+                           "give --lr-schedule too, or drop --lr-schedule-reset")
     if cfg.eval_every and cfg.eval_count < 2:
         raise Tf3dganError(f"--eval-count must be at least 2 (1-NNA and COV compare sets), got {cfg.eval_count}")
+
+
+def upgrade_config(saved: dict) -> dict:
+    """A ``config.json`` of an older format in today's terms, so a resumed run trains exactly as it did.
+
+    Format 1 (tf3dgan 0.1): ``minimax`` was the saturating G loss (now ``minimax-saturating``) and ``sgan`` the
+    non-saturating one (now ``minimax``); the accuracy rule decided on the previous step (≤ 0.8); the ratio
+    rule used α 0.3 and factor 2 for every objective; the models were initialised ``normal``."""
+    if int(saved.get("format", 1)) >= CONFIG_FORMAT:
+        return saved
+    from tf3dgan.models.losses import RENAMED_V1
+
+    out = dict(saved, format=CONFIG_FORMAT)
+    settings = dict(saved.get("settings") or {})
+    if "loss" in settings:
+        settings["loss"] = RENAMED_V1.get(settings["loss"], settings["loss"])
+    if "loss" in out:
+        out["loss"] = RENAMED_V1.get(out["loss"], out["loss"])
+    old = {"accuracy_timing": "previous", "rule_alpha": 0.3, "rule_factor": 2.0}
+    out["settings"] = {**old, **settings}
+    if isinstance(saved.get("model"), dict):
+        out["model"] = {"init": "normal", **saved["model"]}
+    return out
 
 
 def _reconcile(cfg: TrainConfig, given: set[str], saved: dict, run_dir: Path) -> tuple[TrainConfig, list[tuple]]:
@@ -364,6 +426,7 @@ def resolve(config: TrainConfig, saved: dict | None = None, *, given: set[str] |
     if cfg.load:
         if saved is None:
             raise Tf3dganError(f"{run_dir / runs.CONFIG_NAME}: resuming needs the run's config.json")
+        saved = upgrade_config(saved)
         cfg, changes = _reconcile(cfg, given, saved, run_dir)
         model = saved.get("model")
         if not model:
@@ -373,7 +436,8 @@ def resolve(config: TrainConfig, saved: dict | None = None, *, given: set[str] |
         saved = None
         try:   # the model flags, checked before any data is read (a resumed run has its own)
             make_spec(cfg.arch or "rasgan64", 1.0 if cfg.width is None else cfg.width, cfg.resolution,
-                      cfg.output_activation)
+                      cfg.output_activation, init=cfg.init, data_scale=cfg.data_scale, d_norm=cfg.d_norm,
+                      latent_std=cfg.latent_std)
         except ValueError as e:
             raise Tf3dganError(f"model settings: {e}") from None
         cfg.data, cfg.validation_data = absolute_spec(cfg.data), absolute_spec(cfg.validation_data)

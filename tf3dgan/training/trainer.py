@@ -15,10 +15,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tf3dgan.choices import D_RULES, PRECISIONS
+from tf3dgan.choices import ACCURACY_TIMINGS, D_RULES, PRECISIONS, RULE_LOSSES
 from tf3dgan.models import losses
 from tf3dgan.training import checkpoint_keys
-from tf3dgan.training.algorithm import METRICS, RULE_STATE, StepSettings  # noqa: F401  (METRICS, RULE_STATE re-exported)
+from tf3dgan.training.algorithm import METRICS, RULE_STATE, StepSettings, initial_rule_state  # noqa: F401  (METRICS, RULE_STATE re-exported)
 
 
 def check_settings(loss: str, d_rule: str | None, precision: str, batch_size: int, n: int):
@@ -35,9 +35,10 @@ def check_settings(loss: str, d_rule: str | None, precision: str, batch_size: in
     return objective, d_rule
 
 
-def adam(lr: float, float16: bool):
-    """The seeds' Adam (β1 = 0.5), wrapped in a dynamic loss scaler for ``mixed_float16``."""
-    opt = keras.optimizers.Adam(learning_rate=lr, beta_1=0.5)
+def adam(lr: float, float16: bool, beta_2: float = 0.999, epsilon: float = 1e-7):
+    """The seeds' Adam (β1 = 0.5), wrapped in a dynamic loss scaler for ``mixed_float16``.  ``beta_2`` 0.9 is
+    64-3D-IWGan.py's; ``epsilon`` 1e-8 is TensorFlow 1's and PyTorch's default (Keras' is 1e-7)."""
+    opt = keras.optimizers.Adam(learning_rate=lr, beta_1=0.5, beta_2=beta_2, epsilon=epsilon)
     return keras.optimizers.LossScaleOptimizer(opt) if float16 else opt
 
 
@@ -50,23 +51,35 @@ class Trainer:
 
     def __init__(self, generator, discriminator, data_packed: np.ndarray, dim: int, *, batch_size: int,
                  loss: str = "rasgan", d_rule: str | None = None, precision: str = "float32",
-                 ema_alpha: float = 0.3, accuracy_threshold: float = 0.8):
+                 ema_alpha: float | None = None, rule_factor: float | None = None, accuracy_threshold: float = 0.8,
+                 accuracy_timing: str = "current", rule_loss: str = "train", n_critic: int = 1,
+                 adam_beta2: float = 0.999, adam_epsilon: float = 1e-7):
         n = int(data_packed.shape[0])
         self.objective, self.d_rule = check_settings(loss, d_rule, precision, batch_size, n)
+        if accuracy_timing not in ACCURACY_TIMINGS:
+            raise ValueError(f"accuracy timing must be one of {', '.join(ACCURACY_TIMINGS)}, got {accuracy_timing!r}")
+        if rule_loss not in RULE_LOSSES:
+            raise ValueError(f"rule loss must be one of {', '.join(RULE_LOSSES)}, got {rule_loss!r}")
+        if int(n_critic) != n_critic or n_critic < 1:
+            raise ValueError(f"n_critic must be a positive integer, got {n_critic}")
         self.G, self.D = generator, discriminator
         self.dim, self.batch_size, self.precision = int(dim), int(batch_size), precision
         self.latent_dim = int(generator.spec.latent_dim)
         self.steps_per_epoch = n // self.batch_size
-        self.ema_alpha, self.accuracy_threshold = float(ema_alpha), float(accuracy_threshold)
+        self.ema_alpha = float(self.objective.rule_alpha if ema_alpha is None else ema_alpha)
+        self.rule_factor = float(self.objective.rule_factor if rule_factor is None else rule_factor)
+        self.accuracy_threshold = float(accuracy_threshold)
+        self.adam_beta2, self.adam_epsilon = float(adam_beta2), float(adam_epsilon)
         self.loss_scaled = precision == "mixed_float16"
         self.settings = StepSettings(self.objective, self.d_rule, self.batch_size, self.dim, self.latent_dim,
-                                     self.ema_alpha, self.accuracy_threshold)
+                                     self.ema_alpha, self.accuracy_threshold, self.rule_factor, accuracy_timing,
+                                     rule_loss, int(n_critic))
         self.trace_count = 0   # traces of the train-steps function (Python side effect while tracing)
         self._pos = 0          # the step within the epoch, tracked on the host (no device read per call)
 
     def _make_optimizers(self, g_lr: float, d_lr: float) -> None:
-        self.opt_g = adam(g_lr, self.loss_scaled)
-        self.opt_d = adam(d_lr, self.loss_scaled)
+        self.opt_g = adam(g_lr, self.loss_scaled, self.adam_beta2, self.adam_epsilon)
+        self.opt_d = adam(d_lr, self.loss_scaled, self.adam_beta2, self.adam_epsilon)
         self.opt_g.build(self.G.trainable_variables)
         self.opt_d.build(self.D.trainable_variables)
 
@@ -101,6 +114,20 @@ class Trainer:
     @property
     def learning_rates(self) -> tuple[float, float]:
         return self._get_rates()
+
+    def restart_state(self) -> None:
+        """What restarting the seed's script from its saved networks resets (``--lr-schedule-reset``): both
+        optimizers' moments and iteration counts are zeroed (their learning rates and any loss scale kept),
+        the D rule starts afresh (the epoch's data order and position kept); the weights are untouched."""
+        arrays = self.state_arrays()
+        fresh = initial_rule_state(1)
+        for key, value in arrays.items():
+            group, _, name = key.partition("/")
+            if group in ("opt_g", "opt_d") and name != "learning_rate":
+                arrays[key] = np.zeros_like(value)
+            elif group == "trainer" and name in RULE_STATE and name not in ("perm", "pos"):
+                arrays[key] = np.asarray(fresh[name], value.dtype)
+        self.load_state_arrays(arrays, source="the schedule's restart")
 
     def sync_models(self) -> None:
         """Make the Keras models' variables hold the trained weights (before ``G.save_weights`` or ``G(z)``)."""

@@ -166,7 +166,7 @@ class _Context:
         grads, self.vars = jax.grad(total, has_aux=True)(x)
         return grads
 
-    def minimize(self, name: str, loss_fn):
+    def minimize(self, name: str, loss_fn, when=None):
         t = self.t
         opt = t.opt_g if name == "g" else t.opt_d
         tr, opt_key = f"{name}_tr", f"opt_{name}"
@@ -178,6 +178,10 @@ class _Context:
 
         (_, (aux, after)), grads = jax.value_and_grad(scaled_loss, has_aux=True)(self.vars[tr])
         weights, opt_vars = opt.stateless_apply(self.vars[opt_key], grads, self.vars[tr])
+        if when is not None:   # keep the weights and optimizer state unless ``when(aux)``
+            apply = when(aux)
+            keep = lambda new, old: [jnp.where(apply, a, b) for a, b in zip(new, old)]  # noqa: E731
+            weights, opt_vars = keep(weights, self.vars[tr]), keep(opt_vars, self.vars[opt_key])
         self.vars = dict(after, **{tr: list(weights), opt_key: list(opt_vars)})
         return aux
 
@@ -210,16 +214,13 @@ class JaxGANTrainer(Trainer):
     """Trains a (generator, discriminator) pair on an in-memory voxel dataset (JAX backend)."""
 
     def __init__(self, generator, discriminator, data_packed: np.ndarray, dim: int, *, batch_size: int,
-                 loss: str = "rasgan", d_rule: str | None = None, g_lr: float = 0.002, d_lr: float = 0.00005,
-                 precision: str = "float32", seed: int = 0, validation_packed: np.ndarray | None = None,
-                 xla: bool = False, ema_alpha: float = 0.3, accuracy_threshold: float = 0.8,
-                 cpu_convolutions: bool | None = None, distribution=None):
+                 g_lr: float = 0.002, d_lr: float = 0.00005, seed: int = 0,
+                 validation_packed: np.ndarray | None = None, xla: bool = False,
+                 cpu_convolutions: bool | None = None, distribution=None, **settings):
         if keras.backend.backend() != "jax":
             raise RuntimeError(f"JaxGANTrainer needs Keras' JAX backend (KERAS_BACKEND=jax), "
                                f"not {keras.backend.backend()!r}")
-        super().__init__(generator, discriminator, data_packed, dim, batch_size=batch_size, loss=loss,
-                         d_rule=d_rule, precision=precision, ema_alpha=ema_alpha,
-                         accuracy_threshold=accuracy_threshold)
+        super().__init__(generator, discriminator, data_packed, dim, batch_size=batch_size, **settings)
         n = int(data_packed.shape[0])
         self.xla = True   # always compiled by XLA; the argument exists for the same signature
         # None: the rewritten convolutions on CPU only (GPUs run transposed convolutions natively)
@@ -374,7 +375,9 @@ class JaxGANTrainer(Trainer):
         for key, group, index, _ in self._layout:
             current = np.asarray(host[group] if index is None else host[group][index])
             like = variables[key] if key in variables else np.empty((3,) if key == "trainer/rng" else current.shape)
-            value = checkpoint_keys.entry(arrays, key, like, source, optional=key.split("/")[0].endswith("_scale"))
+            value = checkpoint_keys.entry(arrays, key, like, source,
+                                          optional=key.split("/")[0].endswith("_scale")
+                                          or key.removeprefix("trainer/") in algorithm.OPTIONAL_STATE)
             if value is None:
                 continue
             if key == "trainer/rng":

@@ -154,7 +154,7 @@ class _Context:
             out = fn(x)
         return tape.gradient(out, x)
 
-    def minimize(self, name: str, loss_fn):
+    def minimize(self, name: str, loss_fn, when=None):
         t = self.t
         opt, model = (t.opt_g, t.G) if name == "g" else (t.opt_d, t.D)
         with tf.GradientTape() as tape:
@@ -171,7 +171,14 @@ class _Context:
             bad = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, bad)
             poison = tf.where(bad > 0, tf.constant(np.nan, tf.float32), tf.constant(1.0, tf.float32))
             grads = [None if g is None else g * tf.cast(poison, g.dtype) for g in grads]
-        opt.apply(grads, model.trainable_variables)
+        if when is None:
+            opt.apply(grads, model.trainable_variables)
+        else:   # the same decision on every replica (it is made from gathered, global values)
+            def apply():
+                opt.apply(grads, model.trainable_variables)
+                return tf.constant(True)
+
+            tf.cond(when(aux), apply, lambda: tf.constant(False))
         return aux
 
     def cond(self, pred, true_fn, false_fn):
@@ -215,6 +222,11 @@ class _Context:
         return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, x)
 
 
+def _optional(key: str) -> bool:
+    """A checkpoint may lack it: a loss scaler's variables (another precision), rule state added since."""
+    return key.split("/")[0].endswith("_scale") or key.removeprefix("trainer/") in algorithm.OPTIONAL_STATE
+
+
 class GANTrainer(Trainer):
     """Trains a (generator, discriminator) pair on an in-memory voxel dataset (TensorFlow backend).
 
@@ -225,12 +237,9 @@ class GANTrainer(Trainer):
     Checkpoints (``state_arrays``) have the same keys and shapes either way."""
 
     def __init__(self, generator, discriminator, data_packed: np.ndarray, dim: int, *, batch_size: int,
-                 loss: str = "rasgan", d_rule: str | None = None, g_lr: float = 0.002, d_lr: float = 0.00005,
-                 precision: str = "float32", seed: int = 0, validation_packed: np.ndarray | None = None,
-                 xla: bool = False, ema_alpha: float = 0.3, accuracy_threshold: float = 0.8, strategy=None):
-        super().__init__(generator, discriminator, data_packed, dim, batch_size=batch_size, loss=loss,
-                         d_rule=d_rule, precision=precision, ema_alpha=ema_alpha,
-                         accuracy_threshold=accuracy_threshold)
+                 g_lr: float = 0.002, d_lr: float = 0.00005, seed: int = 0,
+                 validation_packed: np.ndarray | None = None, xla: bool = False, strategy=None, **settings):
+        super().__init__(generator, discriminator, data_packed, dim, batch_size=batch_size, **settings)
         self.strategy = strategy
         self.replicas = int(strategy.num_replicas_in_sync) if strategy is not None else 1
         if batch_size % self.replicas:
@@ -299,7 +308,7 @@ class GANTrainer(Trainer):
         arrays = checkpoint_keys.upgrade(arrays, entries)
         pending = []
         for key, v, _ in entries:
-            value = checkpoint_keys.entry(arrays, key, v, source, optional=key.split("/")[0].endswith("_scale"))
+            value = checkpoint_keys.entry(arrays, key, v, source, optional=_optional(key))
             if value is not None:
                 pending.append((v, value))
         for v, value in pending:
