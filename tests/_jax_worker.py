@@ -157,8 +157,26 @@ def faithful_modes(inp, out):
         before = c.state_arrays()
         g_loss.append(float(c.train_steps(1)["g_loss"][0]))
         g_same.append(same(before, c.state_arrays(), g_keys))
+    # R1: the same trainer with and without --r1 10 from the same state: the D losses differ by 5·E‖∇ₓD‖²
+    from tf3dgan.training.algorithm import unpack
+
+    plain, r1 = tiny(), tiny(r1_gamma=10.0)
+    plain.start_epoch()
+    r1.start_epoch()
+    state = plain.state_arrays()
+    real = jax.numpy.asarray(unpack(DATA[8][state["trainer/perm"][0][:8]], 8))
+    d_vars = [v.value for v in plain.D.trainable_variables], [v.value for v in plain.D.non_trainable_variables]
+
+    def total_logit(x):
+        out, _ = plain.D.stateless_call(*d_vars, x, training=True)
+        return out.sum()
+
+    with cpu_friendly_convolutions(plain.cpu_convolutions):
+        grads = np.asarray(jax.grad(total_logit)(real))
+    r1_diff = float(r1.train_steps(1)["d_loss"][0]) - float(plain.train_steps(1)["d_loss"][0])
     return dict(d_same=np.array(d_same), accuracy=np.array(accuracy), trained=np.array(trained),
-                g_same=np.array(g_same), g_loss=np.array(g_loss))
+                g_same=np.array(g_same), g_loss=np.array(g_loss), r1_diff=r1_diff,
+                r1_expected=5.0 * float(np.mean(np.sum(grads.reshape(8, -1) ** 2, axis=1))))
 
 
 def _learning(loss, n=40):

@@ -154,7 +154,7 @@ def test_steps_compile_once_and_return_device_arrays_without_host_sync(side):
 
 
 @pytest.mark.slow
-def test_the_seeds_accuracy_rule_and_n_critic_under_jax(side):
+def test_the_seeds_accuracy_rule_n_critic_and_r1_under_jax(side):
     r = result(side, "faithful_modes")
     trained = r["trained"].astype(bool)
     np.testing.assert_array_equal(trained, r["accuracy"] < 0.8)      # decided on this step, before the update
@@ -162,6 +162,7 @@ def test_the_seeds_accuracy_rule_and_n_critic_under_jax(side):
     np.testing.assert_array_equal(r["d_same"], ~trained)             # a skipped step: D and Adam untouched
     np.testing.assert_array_equal(r["g_same"], [False, True, True, False, True, True, False])
     assert r["g_loss"][1] == r["g_loss"][2] == r["g_loss"][0]       # no update: the last G loss
+    assert r["r1_expected"] > 1e-6 and r["r1_diff"] == pytest.approx(r["r1_expected"], rel=1e-4)   # --r1 10
 
 
 @pytest.mark.slow

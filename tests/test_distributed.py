@@ -79,8 +79,11 @@ def test_mirrored_with_synchronized_bn_matches_one_device(worker):
 def test_minimax_loss_and_accuracy_rule_match_one_device(worker):
     _, arrays = worker
     _assert_same_run(arrays, "minimax")
-    trained = _side(arrays, "minimax", "mirrored", "metric")["d_trained"]
-    assert trained[0] == 1 and not trained.all()   # the rule (threshold 0.6 here) skipped D on some step
+    metric = _side(arrays, "minimax", "mirrored", "metric")
+    trained = metric["d_trained"]
+    assert trained.any() and not trained.all()   # the rule (threshold 0.6 here) trained D on some steps, not all
+    # SomTambe's timing: this step's accuracy, before D's update, decides (the masked update across replicas)
+    np.testing.assert_array_equal(trained, metric["d_accuracy"] < 0.6)
 
 
 @pytest.mark.slow

@@ -668,3 +668,24 @@ def test_generator_with_phase_conv_transpose_is_the_same_model(arch, res, tmp_pa
                                    ops.convert_to_numpy(g(z, training=training)), atol=1e-5)
     with pytest.raises(ValueError, match="conv_transpose must be one of native, phase"):
         build_models(arch, width=0.125, resolution=res, conv_transpose="fft")
+
+
+def test_data_scale_and_latent_std_are_what_the_seeds_networks_saw():
+    # 64-3D-RaSGan.py's D saw 0/255 voxels and its linear G trained towards 255; tf3dgan's models take and
+    # return 0..1 grids: D(x) of a scale-255 model is the plain D on 255·x, G(z) is the plain G's output / 255.
+    # SomTambe's z ~ N(0, 0.33) is a latent_std 0.33 G fed N(0, 1).
+    plain_g, plain_d = build_models("rasgan64", width=0.125, resolution=16)
+    g, d = build_models("rasgan64", width=0.125, resolution=16, data_scale=255.0, latent_std=0.33)
+    assert checkpoint_keys_of(g) == checkpoint_keys_of(plain_g)       # the same variables: checkpoints move freely
+    g.set_weights(plain_g.get_weights())
+    d.set_weights(plain_d.get_weights())
+    z = z_batch(4)
+    x = (np.random.default_rng(1).random((4, 16, 16, 16, 1)) > 0.7).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(g(z)), np.asarray(plain_g(z * 0.33)) / 255.0, rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(np.asarray(d(x)), np.asarray(plain_d(x * 255.0)), rtol=1e-5, atol=1e-5)
+
+
+def checkpoint_keys_of(model):
+    from tf3dgan.training.checkpoint_keys import model_keys
+
+    return [key for key, _, _ in model_keys(model, "g")]

@@ -67,3 +67,10 @@ def test_a_bad_preset_is_one_line(tmp_path):
     assert result.returncode == 2 and "invalid choice: 'nope'" in result.stderr
     with pytest.raises(Tf3dganError):
         resolve(TrainConfig(data="synthetic:boxes:res=8:n=16", lr_schedule_reset=True))
+
+
+def test_arch_3dgan32_alone_says_how_to_get_the_seed():
+    plan = resolve(TrainConfig(arch="3dgan32", data="synthetic:boxes:res=8:n=16"), given={"arch", "data"})
+    assert any("--preset 3dgan trains what the 3D-GAN seed trained" in note for note in plan.notes)
+    values, given = presets.apply_preset("3dgan", TrainConfig().to_dict(), set())
+    assert not resolve(TrainConfig(**dict(values, data="synthetic:boxes:res=8:n=16")), given=given).notes

@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ratio rule: train D when FACTOR*D_smooth > G_smooth [default: 2; rsgan 1.5]")
     p.add_argument("--n-critic", type=int, default=D.n_critic,
                    help="train G every N-th step (64-3D-IWGan.py: 5)")
+    p.add_argument("--r1", type=float, default=D.r1,
+                   help="R1 penalty GAMMA/2 * E|grad_x D(x)|^2 on the real batch, added to D's loss (Mescheder et "
+                        "al. 2018; 0: off)")
     p.add_argument("--adam-beta2", type=float, default=D.adam_beta2, help="Adam's beta2 (beta1 is 0.5 as in every seed)")
     p.add_argument("--adam-epsilon", type=float, default=D.adam_epsilon,
                    help="Adam's epsilon (Keras' default 1e-7; TensorFlow 1 and PyTorch: 1e-8)")

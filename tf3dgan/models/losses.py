@@ -86,6 +86,13 @@ GP_WEIGHT = 10.0
 GP_EPSILON = 1e-12
 
 
+def r1_penalty_from_grads(grads):
+    """R1 (Mescheder et al. 2018) from D's input gradients ``grads`` (N, ...) at the real grids: E‖∇D(x)‖²
+    (the step multiplies it by γ/2)."""
+    g = _f32(grads)
+    return ops.mean(ops.sum(ops.square(ops.reshape(g, (ops.shape(g)[0], -1))), axis=1))
+
+
 def gradient_penalty_from_grads(grads):
     """WGAN-GP penalty E(‖g‖ − 1)² from D's input gradients ``grads`` (N, ...) at the
     interpolates; the norm has an epsilon inside the square root so it is differentiable at 0."""

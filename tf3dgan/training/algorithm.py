@@ -4,12 +4,18 @@ One step (as the 64-3D-RaSGAN seed does it):
 
 1. **D phase** on a real batch: G(z) and D's logits on the real and the generated batch (BatchNorm in
    training mode), D's loss (with the objective's gradient penalty, if it has one); D is updated only
-   when the rule said so on the previous step (``train_d``).  D's accuracy, and its loss on a random
-   validation batch (inference-mode BatchNorm, against this step's fakes).
-2. **G phase** on a **fresh** real batch: G's loss through D, and G's update.
+   when the rule said so on the previous step (``train_d``).  On a step that skips D the rule gets D's
+   loss with BatchNorm in training mode, or (``rule_loss="eval"``, 64-3D-RaSGan.py's ``d_loss2``) with the
+   real batch through D in inference mode.  With SomTambe's accuracy rule (``accuracy_timing="current"``)
+   D's gradient is always computed and applied when this batch's accuracy, before the update, is below the
+   threshold.  D's accuracy, and its loss on a random validation batch (inference-mode BatchNorm, against
+   this step's fakes).
+2. **G phase** on a **fresh** real batch: G's loss through D, and G's update (every ``n_critic``-th step,
+   from the first; a step without it reports the last G loss).
 3. **The rule** decides whether D trains on the next step: ``ratio`` (the RaSGAN seed: exponential
-   moving averages, α = 0.3, of both losses; train D when 2·D_smooth > G_smooth), ``accuracy`` (3D-GAN:
-   when D's accuracy was ≤ 0.8) or ``always``; it also counts the seed's "G/D train ratio".
+   moving averages, α = 0.3, of both losses; train D when 2·D_smooth > G_smooth; the objective can change
+   α and the factor: RSGAN's 0.35 and 1.5), ``accuracy`` with ``accuracy_timing="previous"`` (when D's
+   accuracy was ≤ 0.8) or ``always``; it also counts the seed's "G/D train ratio".
 
 Batches are drawn inside the step from the packed-bit dataset by the epoch's two orders (one for the D
 phase, one for the G phase); an epoch is one pass.  Every random number is drawn before the D phase, in
@@ -26,10 +32,11 @@ What a backend does differently is behind a *context* (``ctx``), whose methods t
     the models (a backend threads BatchNorm statistics through its calls, in call order).
 ``ctx.input_gradient(fn, x)``
     ∂ Σ fn(x) / ∂x (for penalties on D's input).
-``ctx.minimize(name, loss_fn)``
+``ctx.minimize(name, loss_fn, when=None)``
     ``loss_fn() -> (loss, aux)``; apply one optimizer step to model ``name`` (``"g"``/``"d"``) on
     ∂loss/∂weights (loss-scaled under float16; divided by the replicas when they sum their gradients)
-    and return ``aux``.
+    and return ``aux``; with ``when`` (``aux -> bool tensor``) the step is applied only when it is true
+    (the weights and the optimizer state, iteration count included, are kept otherwise).
 ``ctx.cond(pred, true_fn, false_fn)``
     ``true_fn()`` if ``pred`` else ``false_fn()``, inside the compiled step.
 ``ctx.per_replica(fn, *args)``, ``ctx.local(x)``, ``ctx.gather(*xs)``, ``ctx.replica_mean(x)``, ``ctx.replicas``
@@ -85,6 +92,7 @@ class StepSettings:
     accuracy_timing: str = "current"    # accuracy rule: "current" step's scores (< threshold) or "previous" (≤)
     rule_loss: str = "train"            # ratio rule, on a step that skips D: "train"- or "eval"-mode BN loss
     n_critic: int = 1                   # G trained every n-th step (64-3D-IWGan.py: 5)
+    r1_gamma: float = 0.0               # R1: γ/2 · E‖∇D(x_real)‖² added to D's loss (0: off)
 
     @property
     def decides_now(self) -> bool:
@@ -133,6 +141,9 @@ def d_phase(ctx, cfg: StepSettings, mode: str, packed, z, eps, val_packed):
             grads = ctx.input_gradient(lambda x: ctx.D(x, True), mixed)
             penalty = ctx.replica_mean(losses.gradient_penalty_from_grads(grads))
             d_loss = d_loss + objective.gp_weight * penalty
+        if cfg.r1_gamma and real_training:
+            grads = ctx.input_gradient(lambda x: ctx.D(x, True), real)
+            d_loss = d_loss + 0.5 * cfg.r1_gamma * ctx.replica_mean(losses.r1_penalty_from_grads(grads))
         return d_loss, (d_loss, real_logits, fake_logits)
 
     def accuracy_of(aux):

@@ -98,7 +98,7 @@ def build(plan: RunPlan, report=print) -> Run:
                               d_rule=cfg.d_rule, g_lr=g_lr, d_lr=d_lr, precision=precision, seed=cfg.seed,
                               ema_alpha=cfg.rule_alpha, rule_factor=cfg.rule_factor,
                               accuracy_timing=cfg.accuracy_timing, rule_loss=cfg.rule_loss, n_critic=cfg.n_critic,
-                              adam_beta2=cfg.adam_beta2, adam_epsilon=cfg.adam_epsilon,
+                              adam_beta2=cfg.adam_beta2, adam_epsilon=cfg.adam_epsilon, r1_gamma=cfg.r1,
                               xla=cfg.xla, validation_packed=None if plan.val is None else plan.val.packed,
                               **backend.trainer_options(strategy))
     run = Run(plan, cfg, backend, strategy, worker, replicas, batch, precision, G, D, trainer)

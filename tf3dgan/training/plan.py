@@ -56,6 +56,7 @@ class TrainConfig:
     rule_alpha: float | None = None      # None: the objective's (0.3; rsgan 0.35)
     rule_factor: float | None = None     # None: the objective's (2; rsgan 1.5)
     n_critic: int = 1                    # G trained every n-th step
+    r1: float = 0.0                      # R1 penalty weight γ on real data for D (0: off)
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-7           # Keras' default (TF1 and PyTorch: 1e-8)
     precision: str | None = None
@@ -278,6 +279,8 @@ def _check_settings(cfg: TrainConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and not (math.isfinite(value) and low < value < high + (name == "rule_alpha")):
             raise Tf3dganError(f"{flag_of(name)} must be in (0, 1{']' if name == 'rule_alpha' else ')'}, got {value}")
+    if not (math.isfinite(cfg.r1) and cfg.r1 >= 0):
+        raise Tf3dganError(f"--r1 must be a number >= 0 (0: off), got {cfg.r1}")
     for name in ("adam_epsilon", "rule_factor"):
         value = getattr(cfg, name)
         if value is not None and not (math.isfinite(value) and value > 0):
@@ -311,7 +314,7 @@ def upgrade_config(saved: dict) -> dict:
     old = {"accuracy_timing": "previous", "rule_alpha": 0.3, "rule_factor": 2.0}
     out["settings"] = {**old, **settings}
     if isinstance(saved.get("model"), dict):
-        out["model"] = {"init": "normal", **saved["model"]}
+        out["model"] = {"init": "normal", "data_scale": 1.0, "d_norm": "batch", "latent_std": 1.0, **saved["model"]}
     return out
 
 
@@ -443,7 +446,11 @@ def resolve(config: TrainConfig, saved: dict | None = None, *, given: set[str] |
         cfg.data, cfg.validation_data = absolute_spec(cfg.data), absolute_spec(cfg.validation_data)
         if cfg.lr_schedule and os.path.isfile(cfg.lr_schedule):   # a schedule file, found from any folder
             cfg.lr_schedule = str(Path(cfg.lr_schedule).resolve())
-    plan = RunPlan(cfg, run_dir, checkpoint, saved, model, None, None, [], changes, given=given)
+    notes = ()
+    if saved is None and cfg.arch == "3dgan32" and not cfg.preset and not {"loss", "d_rule", "glr", "dlr"} & given:
+        notes = ("note: --arch 3dgan32 gives the 3D-GAN networks, trained here with the loss, D rule and rates of the "
+                 f"flags ({cfg.loss}, {cfg.glr:g} / {cfg.dlr:g}); --preset 3dgan trains what the 3D-GAN seed trained",)
+    plan = RunPlan(cfg, run_dir, checkpoint, saved, model, None, None, [], changes, given=given, notes=notes)
     if trained is not None and checkpoint is not None:
         check_trained(plan, trained)
     plan.schedule = parse_lr_schedule(cfg.lr_schedule, cfg.glr, cfg.dlr)

@@ -53,7 +53,7 @@ class Trainer:
                  loss: str = "rasgan", d_rule: str | None = None, precision: str = "float32",
                  ema_alpha: float | None = None, rule_factor: float | None = None, accuracy_threshold: float = 0.8,
                  accuracy_timing: str = "current", rule_loss: str = "train", n_critic: int = 1,
-                 adam_beta2: float = 0.999, adam_epsilon: float = 1e-7):
+                 adam_beta2: float = 0.999, adam_epsilon: float = 1e-7, r1_gamma: float = 0.0):
         n = int(data_packed.shape[0])
         self.objective, self.d_rule = check_settings(loss, d_rule, precision, batch_size, n)
         if accuracy_timing not in ACCURACY_TIMINGS:
@@ -73,7 +73,7 @@ class Trainer:
         self.loss_scaled = precision == "mixed_float16"
         self.settings = StepSettings(self.objective, self.d_rule, self.batch_size, self.dim, self.latent_dim,
                                      self.ema_alpha, self.accuracy_threshold, self.rule_factor, accuracy_timing,
-                                     rule_loss, int(n_critic))
+                                     rule_loss, int(n_critic), float(r1_gamma))
         self.trace_count = 0   # traces of the train-steps function (Python side effect while tracing)
         self._pos = 0          # the step within the epoch, tracked on the host (no device read per call)
 

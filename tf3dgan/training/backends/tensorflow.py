@@ -173,12 +173,17 @@ class _Context:
             grads = [None if g is None else g * tf.cast(poison, g.dtype) for g in grads]
         if when is None:
             opt.apply(grads, model.trainable_variables)
-        else:   # the same decision on every replica (it is made from gathered, global values)
-            def apply():
-                opt.apply(grads, model.trainable_variables)
-                return tf.constant(True)
-
-            tf.cond(when(aux), apply, lambda: tf.constant(False))
+            return aux
+        # Apply, then put the old values back unless when(aux): an optimizer step cannot sit inside a tf.cond
+        # in a replica (its gradient all-reduce is a synchronisation point). The decision is the same on every
+        # replica (it is made from gathered, global values).
+        apply = when(aux)
+        kept = model.trainable_variables + opt.variables
+        before = [tf.identity(v.value) for v in kept]
+        with tf.control_dependencies(before):
+            opt.apply(grads, model.trainable_variables)
+        for v, old in zip(kept, before):
+            v.assign(tf.where(apply, v.value, old))
         return aux
 
     def cond(self, pred, true_fn, false_fn):
