@@ -136,7 +136,7 @@ def test_a_format_1_config_resumes_with_the_settings_it_trained_with():
     new = upgrade_config(old)
     assert new["format"] == CONFIG_FORMAT and new["loss"] == "minimax-saturating"
     assert new["settings"] == {"loss": "minimax-saturating", "d_rule": "accuracy", "accuracy_timing": "previous",
-                               "rule_alpha": 0.3, "rule_factor": 2.0}
+                               "rule_loss": "train", "rule_alpha": 0.3, "rule_factor": 2.0}
     assert new["model"]["init"] == "normal"     # what 0.1 initialised with (3dgan32's default is now pytorch)
     assert (new["model"]["data_scale"], new["model"]["d_norm"], new["model"]["latent_std"]) == (1.0, "batch", 1.0)
     assert upgrade_config({"settings": {"loss": "sgan"}})["settings"]["loss"] == "minimax"

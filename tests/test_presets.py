@@ -47,6 +47,7 @@ def test_flags_given_win_over_the_preset():
         presets.get_preset("chair")
 
 
+@pytest.mark.slow
 def test_the_train_tool_applies_a_preset_and_records_it(tmp_path):
     out = tmp_path / "runs"
     result = tool("train", "--preset", "3dgan", "-n", "p", "--out", str(out), "-d", "synthetic:boxes:res=32:n=8",

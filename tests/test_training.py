@@ -178,6 +178,7 @@ def test_restart_state_zeroes_adam_and_the_rule_and_nothing_else():
     assert int(before["opt_g/iteration"]) == 3 and trainer.position == 3
 
 
+@pytest.mark.slow
 def test_lr_schedule_reset_restarts_at_each_row_and_resumes_exactly(tmp_path):
     schedule = "0:0.002/0.0002,2:0.001/0.0001"
     straight = fit(tiny_config(tmp_path / "a", epochs=3, lr_schedule=schedule, lr_schedule_reset=True))

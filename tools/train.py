@@ -69,8 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the accuracy rule decides on this step's D scores before D's update, training D when < 0.8 "
                         "(current: SomTambe's 3D-GAN), or on the previous step's, when <= 0.8 (previous: tf3dgan 0.1)")
     p.add_argument("--rule-loss", default=D.rule_loss, choices=RULE_LOSSES,
-                   help="the D loss the ratio rule smooths on a step that skips D: train (BatchNorm in training mode) "
-                        "or eval (inference mode, 64-3D-RaSGan.py's d_loss2)")
+                   help="the D loss the ratio rule smooths on a step that skips D: eval (the real batch through D's "
+                        "BatchNorm in inference mode, 64-3D-RaSGan.py's d_loss2) or train (training mode, tf3dgan 0.1)")
     p.add_argument("--rule-alpha", type=float, default=None,
                    help="ratio rule: EMA weight of the smoothed losses [default: the loss's, 0.3; rsgan 0.35]")
     p.add_argument("--rule-factor", type=float, default=None,

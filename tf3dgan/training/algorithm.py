@@ -90,7 +90,7 @@ class StepSettings:
     accuracy_threshold: float = 0.8
     rule_factor: float = 2.0            # ratio rule: train D when factor · D_smooth > G_smooth
     accuracy_timing: str = "current"    # accuracy rule: "current" step's scores (< threshold) or "previous" (≤)
-    rule_loss: str = "train"            # ratio rule, on a step that skips D: "train"- or "eval"-mode BN loss
+    rule_loss: str = "eval"             # ratio rule, on a step that skips D: "eval" (the seed's) or "train" BN loss
     n_critic: int = 1                   # G trained every n-th step (64-3D-IWGan.py: 5)
     r1_gamma: float = 0.0               # R1: γ/2 · E‖∇D(x_real)‖² added to D's loss (0: off)
 

@@ -52,7 +52,7 @@ class TrainConfig:
     loss: str = "rasgan"
     d_rule: str | None = None
     accuracy_timing: str = "current"     # the accuracy rule decides on this step's scores (SomTambe) or the last
-    rule_loss: str = "train"             # the ratio rule's D loss on a skipped step: "train" or "eval" BatchNorm
+    rule_loss: str = "eval"              # the ratio rule's D loss on a skipped step: "eval" (the seed's) or "train" BN
     rule_alpha: float | None = None      # None: the objective's (0.3; rsgan 0.35)
     rule_factor: float | None = None     # None: the objective's (2; rsgan 1.5)
     n_critic: int = 1                    # G trained every n-th step
@@ -300,7 +300,8 @@ def upgrade_config(saved: dict) -> dict:
 
     Format 1 (tf3dgan 0.1): ``minimax`` was the saturating G loss (now ``minimax-saturating``) and ``sgan`` the
     non-saturating one (now ``minimax``); the accuracy rule decided on the previous step (≤ 0.8); the ratio
-    rule used α 0.3 and factor 2 for every objective; the models were initialised ``normal``."""
+    rule smoothed the training-mode D loss on skipped steps, with α 0.3 and factor 2 for every objective; the
+    models were initialised ``normal``."""
     if int(saved.get("format", 1)) >= CONFIG_FORMAT:
         return saved
     from tf3dgan.models.losses import RENAMED_V1
@@ -311,7 +312,7 @@ def upgrade_config(saved: dict) -> dict:
         settings["loss"] = RENAMED_V1.get(settings["loss"], settings["loss"])
     if "loss" in out:
         out["loss"] = RENAMED_V1.get(out["loss"], out["loss"])
-    old = {"accuracy_timing": "previous", "rule_alpha": 0.3, "rule_factor": 2.0}
+    old = {"accuracy_timing": "previous", "rule_loss": "train", "rule_alpha": 0.3, "rule_factor": 2.0}
     out["settings"] = {**old, **settings}
     if isinstance(saved.get("model"), dict):
         out["model"] = {"init": "normal", "data_scale": 1.0, "d_norm": "batch", "latent_std": 1.0, **saved["model"]}

@@ -52,7 +52,7 @@ class Trainer:
     def __init__(self, generator, discriminator, data_packed: np.ndarray, dim: int, *, batch_size: int,
                  loss: str = "rasgan", d_rule: str | None = None, precision: str = "float32",
                  ema_alpha: float | None = None, rule_factor: float | None = None, accuracy_threshold: float = 0.8,
-                 accuracy_timing: str = "current", rule_loss: str = "train", n_critic: int = 1,
+                 accuracy_timing: str = "current", rule_loss: str = "eval", n_critic: int = 1,
                  adam_beta2: float = 0.999, adam_epsilon: float = 1e-7, r1_gamma: float = 0.0):
         n = int(data_packed.shape[0])
         self.objective, self.d_rule = check_settings(loss, d_rule, precision, batch_size, n)
