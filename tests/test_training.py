@@ -74,6 +74,16 @@ def test_ratio_rule_skips_d_when_it_is_ahead():
     assert trained[0] and not all(trained)
 
 
+def one_step(trainer, variables):
+    """One train step (a new epoch first when the last one is done): its metrics, and whether any of
+    ``variables`` changed."""
+    if trainer.position >= trainer.steps_per_epoch:
+        trainer.start_epoch()
+    before = [v.numpy().copy() for v in variables]
+    metrics = trainer.train_steps(1)
+    return metrics, any(not np.array_equal(a, v.numpy()) for a, v in zip(before, variables))
+
+
 @pytest.mark.parametrize("timing", ["current", "previous"])
 def test_accuracy_rule_decides_when_the_seed_did(timing):
     # D far ahead: the accuracy rule must skip D on some steps. "current" (SomTambe's main.py): the decision
@@ -84,12 +94,7 @@ def test_accuracy_rule_decides_when_the_seed_did(timing):
     trainer.start_epoch()
     trained, accuracies = [], []
     for _ in range(14):
-        if trainer.position >= trainer.steps_per_epoch:
-            trainer.start_epoch()
-        before = [v.numpy().copy() for v in trainer.D.trainable_weights + trainer.opt_d.variables]
-        m = trainer.train_steps(1)
-        after = [v.numpy() for v in trainer.D.trainable_weights + trainer.opt_d.variables]
-        changed = any(not np.array_equal(a, b) for a, b in zip(before, after))
+        m, changed = one_step(trainer, trainer.D.trainable_weights + trainer.opt_d.variables)
         assert changed == bool(m["d_trained"].numpy()[0])
         trained.append(changed)
         accuracies.append(float(m["d_accuracy"].numpy()[0]))
@@ -144,12 +149,8 @@ def test_n_critic_trains_g_on_every_nth_step_as_iwgan_did():
     trainer.start_epoch()
     changed, g_losses = [], []
     for _ in range(7):
-        if trainer.position >= trainer.steps_per_epoch:
-            trainer.start_epoch()
-        before = [v.numpy().copy() for v in trainer.G.trainable_weights + trainer.opt_g.variables]
-        m = trainer.train_steps(1)
-        after = [v.numpy() for v in trainer.G.trainable_weights + trainer.opt_g.variables]
-        changed.append(any(not np.array_equal(a, b) for a, b in zip(before, after)))
+        m, moved = one_step(trainer, trainer.G.trainable_weights + trainer.opt_g.variables)
+        changed.append(moved)
         g_losses.append(float(m["g_loss"].numpy()[0]))
         assert m["d_trained"].numpy()[0] == 1
     assert changed == [True, False, False, True, False, False, True]
