@@ -18,7 +18,7 @@ import numpy as np
 from tf3dgan.choices import ACCURACY_TIMINGS, D_RULES, PRECISIONS, RULE_LOSSES
 from tf3dgan.models import losses
 from tf3dgan.training import checkpoint_keys
-from tf3dgan.training.algorithm import METRICS, RULE_STATE, StepSettings, initial_rule_state  # noqa: F401  (METRICS, RULE_STATE re-exported)
+from tf3dgan.training.algorithm import METRICS, OPTIONAL_STATE, RULE_STATE, StepSettings, initial_rule_state  # noqa: F401  (METRICS, RULE_STATE re-exported)
 
 
 def check_settings(loss: str, d_rule: str | None, precision: str, batch_size: int, n: int):
@@ -33,6 +33,12 @@ def check_settings(loss: str, d_rule: str | None, precision: str, batch_size: in
     if not 1 <= batch_size <= n:
         raise ValueError(f"batch size {batch_size} must be between 1 and the dataset size {n}")
     return objective, d_rule
+
+
+def optional_entry(key: str) -> bool:
+    """Whether a checkpoint may lack ``key``: a loss scaler's variables (a run resumed in another precision) and
+    rule state added since the checkpoint was written (``algorithm.OPTIONAL_STATE``: it keeps its initial value)."""
+    return key.split("/")[0].endswith("_scale") or key.removeprefix("trainer/") in OPTIONAL_STATE
 
 
 def adam(lr: float, float16: bool, beta_2: float = 0.999, epsilon: float = 1e-7):

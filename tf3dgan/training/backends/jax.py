@@ -45,7 +45,7 @@ from tf3dgan.choices import JAX_STRATEGIES as STRATEGIES  # the --strategy names
 from tf3dgan.training import algorithm, checkpoint_keys
 from tf3dgan.training.algorithm import RULE_STATE
 from tf3dgan.training.backends.jax_convolutions import conv_lhs_dilated, conv_strided, cpu_friendly_convolutions  # noqa: F401  (re-exported)
-from tf3dgan.training.trainer import Trainer
+from tf3dgan.training.trainer import Trainer, optional_entry
 
 RNG_IMPL = "threefry2x32"
 RNG_TAG = 0x4A41585F6B6579   # "JAX_key": marks a trainer/rng array that holds a JAX key
@@ -375,9 +375,7 @@ class JaxGANTrainer(Trainer):
         for key, group, index, _ in self._layout:
             current = np.asarray(host[group] if index is None else host[group][index])
             like = variables[key] if key in variables else np.empty((3,) if key == "trainer/rng" else current.shape)
-            value = checkpoint_keys.entry(arrays, key, like, source,
-                                          optional=key.split("/")[0].endswith("_scale")
-                                          or key.removeprefix("trainer/") in algorithm.OPTIONAL_STATE)
+            value = checkpoint_keys.entry(arrays, key, like, source, optional=optional_entry(key))
             if value is None:
                 continue
             if key == "trainer/rng":

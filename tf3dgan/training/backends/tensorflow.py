@@ -42,7 +42,7 @@ import tensorflow as tf
 from tf3dgan.choices import STRATEGIES  # the --strategy names (re-exported)
 from tf3dgan.errors import Tf3dganError
 from tf3dgan.training import algorithm, checkpoint_keys
-from tf3dgan.training.trainer import D_RULES, METRICS, PRECISIONS, Trainer
+from tf3dgan.training.trainer import D_RULES, METRICS, PRECISIONS, Trainer, optional_entry
 
 __all__ = ["GANTrainer", "D_RULES", "METRICS", "PRECISIONS", "default_precision", "make_strategy", "split_cpu",
            "tune_for_device"]
@@ -227,11 +227,6 @@ class _Context:
         return tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.MEAN, x)
 
 
-def _optional(key: str) -> bool:
-    """A checkpoint may lack it: a loss scaler's variables (another precision), rule state added since."""
-    return key.split("/")[0].endswith("_scale") or key.removeprefix("trainer/") in algorithm.OPTIONAL_STATE
-
-
 class GANTrainer(Trainer):
     """Trains a (generator, discriminator) pair on an in-memory voxel dataset (TensorFlow backend).
 
@@ -313,7 +308,7 @@ class GANTrainer(Trainer):
         arrays = checkpoint_keys.upgrade(arrays, entries)
         pending = []
         for key, v, _ in entries:
-            value = checkpoint_keys.entry(arrays, key, v, source, optional=_optional(key))
+            value = checkpoint_keys.entry(arrays, key, v, source, optional=optional_entry(key))
             if value is not None:
                 pending.append((v, value))
         for v, value in pending:
