@@ -25,6 +25,10 @@ OUTPUT_ACTIVATIONS = ("linear", "sigmoid", "tanh")
 INITS = ("normal", "pytorch")
 #: D's normalisation: BatchNorm (every seed but one) or none (64-3D-IWGan.py's critic)
 D_NORMS = ("batch", "none")
+#: --augment's operations (DiffAugment for voxels, applied to every grid D sees, real and generated): a random
+#: shift by up to 1/8 of the grid on each axis, a mirror image about the grid's own left-right symmetry plane,
+#: a zeroed cube of half the grid's side
+AUGMENTS = ("translation", "mirror", "cutout")
 GRAPH_STYLES = ("scatter", "shaded")
 #: 3D graph colour maps by the original's numbers (-c 0..7)
 COLORMAPS = ("copper", "viridis", "plasma", "winter", "cool", "ocean", "inferno", "coolwarm")
@@ -33,3 +37,14 @@ DEFAULT_VIEW = (-60.0, 30.0)
 #: The original's occupancy threshold (linear-output generators, and grids of no run); sigmoid runs use 0.5
 DEFAULT_THRESHOLD = 0.3
 BACKENDS = {"tensorflow": "tf", "jax": "jax"}                 # Keras backend -> the short name of bench --backend
+
+
+def parse_augment(text: str | None) -> tuple[str, ...]:
+    """``--augment``'s value: ``"translation,cutout"`` -> ``("translation", "cutout")``, in ``AUGMENTS`` order;
+    ``""``/None -> ``()``.  An unknown name is a ValueError listing the names."""
+    names = [t.strip() for t in (text or "").split(",") if t.strip()]
+    bad = [n for n in names if n not in AUGMENTS]
+    if bad:
+        raise ValueError(f"unknown --augment operation {bad[0]!r}; give a comma-separated list of "
+                         f"{', '.join(AUGMENTS)}")
+    return tuple(a for a in AUGMENTS if a in names)

@@ -31,6 +31,7 @@ class ArchSpec:
     #                             has that scale, the models' inputs and outputs are on the 0..1 scale
     d_norm: str = "batch"       # D's normalisation (choices.D_NORMS)
     latent_std: float = 1.0     # G sees z · latent_std for z ~ N(0, 1): SomTambe's 3D-GAN draws z ~ N(0, 0.33)
+    mbstd: int = 0              # D's minibatch standard deviation over groups of this many grids (0: none)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -38,7 +39,7 @@ class ArchSpec:
 
 def make_spec(arch: str = "rasgan64", width: float = 1.0, resolution: int | None = None,
               output_activation: str | None = None, latent_dim: int = LATENT_DIM, init: str | None = None,
-              data_scale: float = 1.0, d_norm: str = "batch", latent_std: float = 1.0) -> ArchSpec:
+              data_scale: float = 1.0, d_norm: str = "batch", latent_std: float = 1.0, mbstd: int = 0) -> ArchSpec:
     """Validate the options and fill in the architecture's defaults (``None``: the architecture's own)."""
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
@@ -67,8 +68,10 @@ def make_spec(arch: str = "rasgan64", width: float = 1.0, resolution: int | None
                          f"{data_scale:g}); give --output-activation linear")
     if not (isinstance(latent_std, (int, float)) and math.isfinite(latent_std) and latent_std > 0):
         raise ValueError(f"latent std must be a positive number, got {latent_std}")
+    if int(mbstd) != mbstd or mbstd < 0 or mbstd == 1:
+        raise ValueError(f"minibatch std group size must be 0 (off) or at least 2, got {mbstd}")
     return ArchSpec(arch, float(width), resolution, output_activation, int(latent_dim), init, float(data_scale), d_norm,
-                    float(latent_std))
+                    float(latent_std), int(mbstd))
 
 
 def describe(spec) -> str:

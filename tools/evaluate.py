@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--svm on the first N grids of each class and split only (a quick check; not comparable)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample latents, subsets and point sampling")
     p.add_argument("--batch", type=int, default=16, help="generator batch (with -n)")
+    p.add_argument("--no-ema", dest="ema", action="store_false",
+                   help="with -n: sample a --g-ema run's raw G instead of its moving average (to compare the two)")
     p.add_argument("-o", "--output", default=None,
                    help="JSON file of the result [default with -n: <run>/metrics/<epoch>.json]")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object instead of a table")
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> None:
                           reference=args.reference, floor=args.floor, count=args.count, resolution=args.resolution,
                           pool_min=args.pool_min, threshold=args.threshold, metrics=args.metrics, with_svm=args.svm,
                           svm_data=args.svm_data, svm_limit=args.svm_limit, seed=args.seed, batch=args.batch,
-                          output=args.output, report=lambda line: print(line, file=sys.stderr))
+                          output=args.output, ema=args.ema, report=lambda line: print(line, file=sys.stderr))
     print(json.dumps(done.result, sort_keys=True, default=float) if args.json else done.text())
     if done.path is not None:
         print(f"wrote {done.path}", file=sys.stderr if args.json else sys.stdout)

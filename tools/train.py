@@ -11,6 +11,7 @@ import sys
 from tf3dgan.choices import (
     ACCURACY_TIMINGS,
     ARCHS,
+    AUGMENTS,
     D_NORMS,
     D_RULES,
     GRAPH_STYLES,
@@ -80,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--r1", type=float, default=D.r1,
                    help="R1 penalty GAMMA/2 * E|grad_x D(x)|^2 on the real batch, added to D's loss (Mescheder et "
                         "al. 2018; 0: off)")
+    p.add_argument("--g-ema", type=float, default=D.g_ema,
+                   help="keep an exponential moving average of G with this BETA (e.g. 0.999); samples, evaluations, "
+                        "generator.weights.h5 and generate.py use it, the raw G trains on (0: off)")
+    p.add_argument("--augment", default=D.augment, metavar="OPS",
+                   help="differentiable augmentation of every grid D sees in training, real and generated: a "
+                        f"comma-separated list of {', '.join(AUGMENTS)} (DiffAugment for voxels; '': off)")
     p.add_argument("--adam-beta2", type=float, default=D.adam_beta2, help="Adam's beta2 (beta1 is 0.5 as in every seed)")
     p.add_argument("--adam-epsilon", type=float, default=D.adam_epsilon,
                    help="Adam's epsilon (Keras' default 1e-7; TensorFlow 1 and PyTorch: 1e-8)")
@@ -112,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="D's normalisation: batch, or none (64-3D-IWGan.py's critic)")
     p.add_argument("--latent-std", type=float, default=D.latent_std,
                    help="G sees z*STD for z ~ N(0, 1) (SomTambe's 3D-GAN: 0.33); sampling needs no change")
+    p.add_argument("--mbstd", type=int, default=D.mbstd, metavar="GROUP",
+                   help="minibatch standard deviation in D over groups of GROUP grids (StyleGAN's 4; the batch "
+                        "per replica must be a multiple; 0: off)")
     p.add_argument("--xla", action="store_true", help="compile the train step with XLA (jit_compile)")
     p.add_argument("--strategy", default=D.strategy, choices=STRATEGIES,
                    help="multi-device training: auto = mirrored over all GPUs when there are several; one; "

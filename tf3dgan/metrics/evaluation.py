@@ -63,7 +63,7 @@ def _pick(grids: np.ndarray, count: int, seed: int) -> np.ndarray:
 def gather(*, run: str | None = None, out: str = "savepoint", load_epoch: int | None = None,
            samples: str | None = None, reference: str | None = None, count: int | None = None,
            resolution: int | None = None, threshold: float | None = None, pool_min: int | None = None, seed: int = 0,
-           floor: str | None = None, batch: int = 16, metrics=None, report=print) -> Sets:
+           floor: str | None = None, batch: int = 16, metrics=None, ema: bool = True, report=print) -> Sets:
     """Collect the sample, reference and floor sets (see the module docstring); everything that can be
     checked without Keras is checked first."""
     from tf3dgan.data import datasets as data
@@ -116,9 +116,9 @@ def gather(*, run: str | None = None, out: str = "savepoint", load_epoch: int | 
     else:
         threshold = runs.run_threshold(run_dir) if threshold is None else threshold
         n = count or len(ref_grids)
-        sample_grids = _generate(run_dir, load_epoch, n, seed, batch, threshold)
-        sample_source = f"{run_dir} ({'epoch ' + str(epoch) if epoch is not None else 'generator'}, seeds: "\
-                        f"latents of --seed {seed})"
+        sample_grids, averaged = _generate(run_dir, load_epoch, n, seed, batch, threshold, ema)
+        sample_source = f"{run_dir} ({'epoch ' + str(epoch) if epoch is not None else 'generator'}, "\
+                        f"{'the moving average of G, ' if averaged else ''}seeds: latents of --seed {seed})"
     if len(sample_grids) < 2:
         raise DataError(f"{sample_source}: {len(sample_grids)} sample{'s' * (len(sample_grids) != 1)}; the set "
                         "metrics compare sets: give at least 2 (e.g. a batch from tools/generate.py --count 99)")
@@ -149,14 +149,15 @@ def gather(*, run: str | None = None, out: str = "savepoint", load_epoch: int | 
                 floor_source, epoch, run_dir)
 
 
-def _generate(run_dir: Path, load_epoch: int | None, count: int, seed: int, batch: int, threshold: float):
+def _generate(run_dir: Path, load_epoch: int | None, count: int, seed: int, batch: int, threshold: float,
+              ema: bool = True):
     from tf3dgan.cli import import_tensorflow_quietly, keras_backend
     from tf3dgan.outputs import sampling
 
     import_tensorflow_quietly(required=keras_backend() == "tensorflow")
-    generator, _ = runs.load_generator(run_dir, epoch=load_epoch)
+    generator, _ = runs.load_generator(run_dir, epoch=load_epoch, ema=ema)
     z = sampling.latents(count, generator.spec.latent_dim, seed)
-    return (sampling.generate(generator, z, batch) > threshold).astype(np.uint8)
+    return (sampling.generate(generator, z, batch) > threshold).astype(np.uint8), generator.moving_average
 
 
 def check_metrics(metrics) -> None:
@@ -252,7 +253,7 @@ def run_evaluation(*, run: str | None = None, samples: str | None = None, out: s
                    count: int | None = None, resolution: int | None = None, pool_min: int | None = None,
                    threshold: float | None = None, metrics=None, with_svm: bool = False,
                    svm_data: str = "../shared/data/voxels", svm_limit: int | None = None, seed: int = 0,
-                   batch: int = 16, output: str | None = None, report=print) -> Evaluation:
+                   batch: int = 16, output: str | None = None, ema: bool = True, report=print) -> Evaluation:
     """Everything ``tools/evaluate.py`` does: :func:`gather` the sets, :func:`evaluate` them, with ``with_svm`` add
     the 3D-GAN SVM protocol of the run's D (:func:`svm`), and :func:`write_result` (to ``output``, else the run's
     ``metrics/<epoch>.json``). ``report`` hears the progress lines."""
@@ -260,7 +261,7 @@ def run_evaluation(*, run: str | None = None, samples: str | None = None, out: s
         raise Tf3dganError("--svm scores a run's discriminator: give -n RUN")
     sets = gather(run=run, out=out, load_epoch=load_epoch, samples=samples, reference=reference, count=count,
                   resolution=resolution, threshold=threshold, pool_min=pool_min, seed=seed, floor=floor,
-                  batch=batch, metrics=metrics, report=report)
+                  batch=batch, metrics=metrics, ema=ema, report=report)
     result = evaluate(sets, metrics, seed, report=report)
     if with_svm:
         result["svm"] = svm(sets.run_dir, load_epoch, svm_data, seed, svm_limit, report=report)

@@ -89,16 +89,42 @@ class _Inits:
         return "ones" if self.pytorch else _init(std=0.002, mean=1.0)
 
 
+class MinibatchStd(layers.Layer):
+    """StyleGAN's minibatch standard deviation (Karras et al. 2018) for voxel features: the batch is split into
+    groups of ``group`` grids (grid i in group i mod B/group, as StyleGAN2 does); within each group, the standard
+    deviation of every feature over the group's grids, averaged over the features and positions, is appended to
+    every grid of the group as one more constant channel.  D then sees how varied a batch is, which a collapsed
+    G cannot fake.  The batch (per replica) must be a multiple of ``group``."""
+
+    def __init__(self, group: int = 4, **kwargs):
+        super().__init__(**kwargs)
+        self.group = int(group)
+
+    def call(self, x):
+        g = self.group
+        y = keras.ops.reshape(keras.ops.cast(x, "float32"), (g, -1, *x.shape[1:]))            # (G, B/G, ...)
+        std = keras.ops.sqrt(keras.ops.var(y, axis=0) + 1e-8)                                  # (B/G, ...)
+        stat = keras.ops.mean(std, axis=tuple(range(1, len(x.shape))), keepdims=True)         # (B/G, 1, 1, 1, 1)
+        stat = keras.ops.tile(stat, (g, *x.shape[1:-1], 1))                                    # (B, d, d, d, 1)
+        return keras.ops.concatenate([x, keras.ops.cast(stat, x.dtype)], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], input_shape[-1] + 1)
+
+    def get_config(self):
+        return {**super().get_config(), "group": self.group}
+
+
 class _VoxelNet(keras.Model):
     """A chain of layers (``self.blocks``) built from an :class:`ArchSpec`; BatchNorm layers
     get the ``training`` flag, the others are called plainly."""
 
     def __init__(self, arch="rasgan64", width=1.0, resolution=None, output_activation=None,
                  latent_dim=LATENT_DIM, dtype_policy=None, synchronized_bn=False, conv_transpose="native",
-                 init=None, data_scale=1.0, d_norm="batch", latent_std=1.0, **kwargs):
+                 init=None, data_scale=1.0, d_norm="batch", latent_std=1.0, mbstd=0, **kwargs):
         super().__init__(**kwargs)
         self.spec = make_spec(arch, width, resolution, output_activation, latent_dim, init, data_scale, d_norm,
-                              latent_std)
+                              latent_std, mbstd)
         if conv_transpose not in IMPLEMENTATIONS:
             raise ValueError(f"conv_transpose must be one of {', '.join(IMPLEMENTATIONS)}, got {conv_transpose!r}")
         self.conv_transpose = conv_transpose
@@ -198,6 +224,7 @@ class Discriminator(_VoxelNet):
                     blocks.append(self._bn(**bn))
                 blocks.append(layers.LeakyReLU(**act))
                 channels_in = c
+            blocks += [MinibatchStd(s.mbstd, dtype=p)] if s.mbstd else []
             return blocks + [layers.Flatten(dtype=p),
                              layers.Dense(1, kernel_initializer=init.kernel(),
                                           bias_initializer=init.bias(4**3 * channels_in), dtype="float32")]
@@ -208,6 +235,7 @@ class Discriminator(_VoxelNet):
             blocks += [self._bn(**bn)] if norm else []
             blocks.append(layers.LeakyReLU(**act))
             size, i = (size - 3) // 2 + 1, i + 1
+        blocks += [MinibatchStd(s.mbstd, dtype=p)] if s.mbstd else []
         return blocks + [layers.Conv3D(1, 1, use_bias=False, kernel_initializer=init.kernel(), dtype="float32"),
                          layers.Flatten(dtype="float32")]
 
@@ -215,7 +243,8 @@ class Discriminator(_VoxelNet):
 def build_models(arch: str = "rasgan64", width: float = 1.0, resolution: int | None = None,
                  output_activation: str | None = None, latent_dim: int = LATENT_DIM,
                  dtype_policy: str | None = None, synchronized_bn: bool = False, conv_transpose: str = "native",
-                 init: str | None = None, data_scale: float = 1.0, d_norm: str = "batch", latent_std: float = 1.0):
+                 init: str | None = None, data_scale: float = 1.0, d_norm: str = "batch", latent_std: float = 1.0,
+                 mbstd: int = 0):
     """Return the built ``(generator, discriminator)`` pair for an architecture name.
 
     ``dtype_policy`` is a Keras dtype policy name (``"float32"``, ``"mixed_float16"``,
@@ -226,7 +255,8 @@ def build_models(arch: str = "rasgan64", width: float = 1.0, resolution: int | N
     ``conv_transpose="phase"`` computes the generator's transposed convolutions in the phase
     form (:mod:`tf3dgan.models.phase_conv`: same weights, same outputs to float tolerance).
     """
-    spec = make_spec(arch, width, resolution, output_activation, latent_dim, init, data_scale, d_norm, latent_std)
+    spec = make_spec(arch, width, resolution, output_activation, latent_dim, init, data_scale, d_norm, latent_std,
+                     mbstd)
     kw = dict(spec.to_dict(), dtype_policy=dtype_policy, synchronized_bn=synchronized_bn)
     generator, discriminator = Generator(**kw, conv_transpose=conv_transpose), Discriminator(**kw)
     r = spec.resolution

@@ -18,16 +18,25 @@ One step (as the 64-3D-RaSGAN seed does it):
    accuracy was ≤ 0.8) or ``always``; it also counts the seed's "G/D train ratio".
 
 Batches are drawn inside the step from the packed-bit dataset by the epoch's two orders (one for the D
-phase, one for the G phase); an epoch is one pass.  Every random number is drawn before the D phase, in
-one order: the D phase's latents, the penalty's mixing weights, the validation rows, then the G phase's
-latents.
+phase, one for the G phase); an epoch is one pass.  The random numbers are drawn outside the phases, in one
+order: the D phase's latents, the penalty's mixing weights, the validation rows, the D phase's augmentation
+draws; after the D phase, the G phase's latents and augmentation draws.
+
+Two stabilisers the seeds lack: ``augment`` (:mod:`tf3dgan.training.augment`, DiffAugment for voxels:
+every grid D sees in training, real or generated, in either phase, is transformed by its own random draw;
+gradients flow through it to G) and ``g_ema`` (G's exponential moving average, :func:`average_generator`,
+updated after G's update; what the tools sample).
 
 What a backend does differently is behind a *context* (``ctx``), whose methods the step calls:
 
 ``ctx.data`` / ``ctx.val``
     the packed training / validation grids (uint8 (N, D³/8); ``val`` may be None).
-``ctx.latents(phase)``, ``ctx.mix_weights()``, ``ctx.validation_rows(n)``
-    the step's random numbers (``phase`` is ``"d"`` or ``"g"``): each backend's own stream.
+``ctx.latents(phase)``, ``ctx.mix_weights()``, ``ctx.validation_rows(n)``, ``ctx.uniforms(name, shape)``
+    the step's random numbers (``phase`` is ``"d"`` or ``"g"``; ``uniforms``: [0, 1), ``name``
+    ``"augment_d"``/``"augment_g"``, drawn only with ``--augment``): each backend's own stream.
+``ctx.weights(name)``, ``ctx.assign(name, values)``
+    the current values of a model's variables (``"g"``, or ``"g_ema"``: G's moving average), trainable then
+    non-trainable, and assigning new values to them.
 ``ctx.G(z, training)``, ``ctx.D(x, training)``
     the models (a backend threads BatchNorm statistics through its calls, in call order).
 ``ctx.input_gradient(fn, x)``
@@ -58,6 +67,7 @@ from keras import ops
 
 from tf3dgan.models import losses
 from tf3dgan.models.losses import Objective
+from tf3dgan.training import augment
 
 #: what the step's metrics are, per step (the loop's history, TensorBoard)
 METRICS = ("d_loss", "g_loss", "val_loss", "d_trained", "ratio", "d_accuracy", "loss_scale")
@@ -73,9 +83,10 @@ RULE_STATE = {
     "ratio": np.int32,      # the seed's "G/D train ratio"
     "g_wait": np.int32,     # steps until G's next update (``n_critic`` > 1: G trains when it is 0)
     "g_last": np.float32,   # G's loss at its last update (what a step without one reports)
+    "ema_count": np.int32,  # G updates averaged into G's EMA so far (``g_ema``; not reset by a schedule restart)
 }
 #: rule-state entries a checkpoint may lack (written before they existed): they load as their initial value
-OPTIONAL_STATE = ("g_wait", "g_last")
+OPTIONAL_STATE = ("g_wait", "g_last", "ema_count")
 
 
 @dataclass(frozen=True)
@@ -93,6 +104,8 @@ class StepSettings:
     rule_loss: str = "eval"             # ratio rule, on a step that skips D: "eval" (the seed's) or "train" BN loss
     n_critic: int = 1                   # G trained every n-th step (64-3D-IWGan.py: 5)
     r1_gamma: float = 0.0               # R1: γ/2 · E‖∇D(x_real)‖² added to D's loss (0: off)
+    g_ema: float = 0.0                  # β of G's exponential moving average (0: off)
+    augment: tuple = ()                 # DiffAugment operations on every grid D sees in training (augment.AUGMENTS)
 
     @property
     def decides_now(self) -> bool:
@@ -102,7 +115,7 @@ class StepSettings:
 def initial_rule_state(n: int) -> dict[str, np.ndarray]:
     """The rule state before the first step of a run over ``n`` grids."""
     values = {"perm": np.tile(np.arange(n), (2, 1)), "pos": 0, "train_d": True, "d_smooth": 0.0, "g_smooth": 0.0,
-              "since_d": 0, "ratio": 1, "g_wait": 0, "g_last": 0.0}
+              "since_d": 0, "ratio": 1, "g_wait": 0, "g_last": 0.0, "ema_count": 0}
     return {key: np.asarray(values[key], dtype=dtype) for key, dtype in RULE_STATE.items()}
 
 
@@ -120,8 +133,17 @@ def batch_rows(perm, pos, which: int, batch_size: int):
 
 
 # ---------------------------------------------------------------------- the phases
-def d_phase(ctx, cfg: StepSettings, mode: str, packed, z, eps, val_packed):
-    """One replica's D phase (``packed``/``z``/``eps``/``val_packed``: the global batch's):
+def seen(cfg: StepSettings, x, u, which: int):
+    """A batch as D sees it in training: ``--augment``'s operations with the ``which`` half (0: the real
+    grids', 1: the generated grids') of the per-grid random numbers ``u`` (B, 2·augment.DRAWS); unchanged
+    without ``--augment``."""
+    if not cfg.augment:
+        return x
+    return augment.augment(x, u[:, which * augment.DRAWS:(which + 1) * augment.DRAWS], cfg.augment)
+
+
+def d_phase(ctx, cfg: StepSettings, mode: str, packed, z, eps, val_packed, aug=None):
+    """One replica's D phase (``packed``/``z``/``eps``/``val_packed``/``aug``: the global batch's):
     ``(d_loss, d_accuracy, val_loss, trained)``.
 
     ``mode``: ``"train"`` (D updated), ``"skip"`` (not updated; with ``rule_loss="eval"`` the real batch goes
@@ -129,10 +151,11 @@ def d_phase(ctx, cfg: StepSettings, mode: str, packed, z, eps, val_packed):
     or ``"decide"`` (D updated when its accuracy on this batch, before the update, is below the threshold:
     SomTambe's accuracy rule)."""
     objective = cfg.objective
-    real, z = unpack(ctx.local(packed), cfg.dim), ctx.local(z)
+    real, z, aug = unpack(ctx.local(packed), cfg.dim), ctx.local(z), ctx.local(aug)
+    real = seen(cfg, real, aug, 0)
 
     def loss(real_training: bool = True):
-        fake = ctx.G(z, True)
+        fake = seen(cfg, ctx.G(z, True), aug, 1)
         real_logits, fake_logits = ctx.gather(ctx.D(real, real_training), ctx.D(fake, True))
         d_loss = objective.fn(real_logits, fake_logits)[0]
         if objective.gp_weight and real_training:
@@ -166,12 +189,13 @@ def d_phase(ctx, cfg: StepSettings, mode: str, packed, z, eps, val_packed):
     return d_loss, accuracy, val_loss, trained
 
 
-def g_phase(ctx, cfg: StepSettings, packed, z):
+def g_phase(ctx, cfg: StepSettings, packed, z, aug=None):
     """One replica's G phase on a fresh real batch: G's loss, G updated."""
-    real, z = unpack(ctx.local(packed), cfg.dim), ctx.local(z)
+    real, z, aug = unpack(ctx.local(packed), cfg.dim), ctx.local(z), ctx.local(aug)
+    real = seen(cfg, real, aug, 0)
 
     def loss():
-        fake = ctx.G(z, True)
+        fake = seen(cfg, ctx.G(z, True), aug, 1)
         real_logits, fake_logits = ctx.gather(ctx.D(real, True), ctx.D(fake, True))
         g_loss = cfg.objective.fn(real_logits, fake_logits)[1]
         return g_loss, g_loss
@@ -201,6 +225,18 @@ def update_rule(cfg: StepSettings, state: dict, trained, d_loss, g_loss, accurac
                 g_wait=ops.where(g_trained, wait, state["g_wait"] - one), g_last=g_loss)
 
 
+def average_generator(cfg: StepSettings, ema: list, weights: list, count, g_trained) -> tuple[list, object]:
+    """G's exponential moving average after a step (``g_ema`` = β): every variable of G, its weights and its
+    BatchNorm statistics alike (as BigGAN averages them), becomes ``d·ema + (1 − d)·w`` with
+    ``d = min(β, (1 + n) / (10 + n))``, ``n`` the G updates averaged so far (the warm-up of
+    ``tf.train.ExponentialMovingAverage``'s ``num_updates``, so the average forgets its random start); on a
+    step without G's update (``n_critic``) it stays.  Returns ``(new averages, new n)``."""
+    n = ops.cast(count, "float32")
+    decay = ops.minimum(ops.convert_to_tensor(np.float32(cfg.g_ema)), (1.0 + n) / (10.0 + n))
+    new = [ops.where(g_trained, decay * e + (1.0 - decay) * ops.cast(w, e.dtype), e) for e, w in zip(ema, weights)]
+    return new, count + ops.cast(g_trained, "int32")
+
+
 def train_step(ctx, cfg: StepSettings, state: dict) -> tuple[dict, dict]:
     """One step from rule state ``state``: ``(new rule state, metrics)`` (metrics: float32 scalars, ``METRICS``)."""
     b = cfg.batch_size
@@ -208,9 +244,10 @@ def train_step(ctx, cfg: StepSettings, state: dict) -> tuple[dict, dict]:
     z = ctx.latents("d")
     eps = ctx.mix_weights() if cfg.objective.gp_weight else None
     val_packed = None if ctx.val is None else ops.take(ctx.val, ctx.validation_rows(ops.shape(ctx.val)[0]), axis=0)
+    aug = ctx.uniforms("augment_d", (b, 2 * augment.DRAWS)) if cfg.augment else None
 
     def d(mode: str):
-        return lambda: ctx.per_replica(lambda *args: d_phase(ctx, cfg, mode, *args), packed, z, eps, val_packed)
+        return lambda: ctx.per_replica(lambda *args: d_phase(ctx, cfg, mode, *args), packed, z, eps, val_packed, aug)
 
     if cfg.decides_now:
         d_loss, accuracy, val_loss, trained = d("decide")()
@@ -218,9 +255,10 @@ def train_step(ctx, cfg: StepSettings, state: dict) -> tuple[dict, dict]:
         d_loss, accuracy, val_loss, trained = ctx.cond(state["train_d"], d("train"), d("skip"))
     packed2 = ops.take(ctx.data, batch_rows(state["perm"], state["pos"], 1, b), axis=0)
     z2 = ctx.latents("g")
+    aug2 = ctx.uniforms("augment_g", (b, 2 * augment.DRAWS)) if cfg.augment else None
 
     def g():
-        return ctx.per_replica(lambda *args: g_phase(ctx, cfg, *args), packed2, z2)
+        return ctx.per_replica(lambda *args: g_phase(ctx, cfg, *args), packed2, z2, aug2)
 
     if cfg.n_critic > 1:   # 64-3D-IWGan.py: G steps on iterations 0, n, 2n, ... after that iteration's D step
         g_trained = state["g_wait"] == 0
@@ -228,6 +266,10 @@ def train_step(ctx, cfg: StepSettings, state: dict) -> tuple[dict, dict]:
     else:
         g_trained, g_loss = ops.convert_to_tensor(True), g()
     new_state = update_rule(cfg, state, trained, d_loss, g_loss, accuracy, g_trained)
+    if cfg.g_ema:
+        ema, new_state["ema_count"] = average_generator(cfg, ctx.weights("g_ema"), ctx.weights("g"),
+                                                        state["ema_count"], g_trained)
+        ctx.assign("g_ema", ema)
     metrics = {"d_loss": d_loss, "g_loss": g_loss, "val_loss": val_loss, "d_trained": trained,
                "ratio": new_state["ratio"], "d_accuracy": accuracy, "loss_scale": ctx.loss_scale()}
     return new_state, {k: ops.cast(metrics[k], "float32") for k in METRICS}

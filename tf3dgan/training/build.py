@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tf3dgan.choices import parse_augment
 from tf3dgan.errors import Tf3dganError
 from tf3dgan.spec import describe
 from tf3dgan.training import runs
@@ -90,6 +91,11 @@ def build(plan: RunPlan, report=print) -> Run:
     if batch % replicas:
         raise Tf3dganError(f"batch size {batch} does not split evenly over the {replicas} replicas of "
                            f"--strategy {cfg.strategy}; use a multiple of {replicas}")
+    group = int(plan.model.get("mbstd", 0))
+    if group and (batch // replicas) % group:
+        raise Tf3dganError(f"--mbstd {group} needs a batch per replica that is a multiple of {group}; the batch is "
+                           f"{batch // replicas}" + (f" per replica ({batch} over {replicas})" if replicas > 1 else "")
+                           + f"; use -b {max(group, batch // group * group * replicas)} or another --mbstd")
     precision = cfg.precision or backend.default_precision()
     g_lr, d_lr = lr_at(plan.schedule, 0)
     G, D = backend.build_models(strategy, cfg, **plan.model, dtype_policy=precision,
@@ -99,6 +105,7 @@ def build(plan: RunPlan, report=print) -> Run:
                               ema_alpha=cfg.rule_alpha, rule_factor=cfg.rule_factor,
                               accuracy_timing=cfg.accuracy_timing, rule_loss=cfg.rule_loss, n_critic=cfg.n_critic,
                               adam_beta2=cfg.adam_beta2, adam_epsilon=cfg.adam_epsilon, r1_gamma=cfg.r1,
+                              g_ema=cfg.g_ema, augment=parse_augment(cfg.augment),
                               xla=cfg.xla, validation_packed=None if plan.val is None else plan.val.packed,
                               **backend.trainer_options(strategy))
     run = Run(plan, cfg, backend, strategy, worker, replicas, batch, precision, G, D, trainer)

@@ -5,7 +5,8 @@ A model weight is ``<g|d>/blocks.<i>.<layer kind>/<variable>``, e.g. ``g/blocks.
 of layer it is, and the variable's own name: the same in every process, unlike Keras' generated layer names
 ``dense_2``).  An optimizer variable is ``<opt_g|opt_d>/<the weight's key after the model prefix>/<slot>``
 (e.g. ``opt_g/blocks.0.dense/kernel/momentum``) or ``<opt_g|opt_d>/<name>`` (``iteration``,
-``learning_rate``); a loss scaler's own variables are ``<opt_g|opt_d>_scale/<name>`` (optional on load, so a
+``learning_rate``); G's moving average (``--g-ema``) is ``g_ema/<the weight's key after the model prefix>``;
+a loss scaler's own variables are ``<opt_g|opt_d>_scale/<name>`` (optional on load, so a
 run can resume in another precision).  Two same-shaped vectors that swapped places therefore cannot load
 silently: each array goes to the variable its key names.
 
@@ -65,10 +66,13 @@ def optimizer_keys(opt, model, prefix: str, model_prefix: str) -> list[tuple[str
     return out
 
 
-def checkpoint_variables(generator, discriminator, opt_g, opt_d) -> list[tuple[str, object, str]]:
-    """``(key, variable, positional key)`` for the models' weights and both optimizers' variables."""
+def checkpoint_variables(generator, discriminator, opt_g, opt_d, g_ema=None) -> list[tuple[str, object, str]]:
+    """``(key, variable, positional key)`` for the models' weights and both optimizers' variables, then G's
+    moving average (``g_ema``, a generator like G, keys ``g_ema/...``) when there is one."""
     out = model_keys(generator, "g") + model_keys(discriminator, "d")
     out += optimizer_keys(opt_g, generator, "opt_g", "g") + optimizer_keys(opt_d, discriminator, "opt_d", "d")
+    if g_ema is not None:
+        out += model_keys(g_ema, "g_ema")
     keys = [k for k, _, _ in out]
     if len(set(keys)) != len(keys):
         raise ValueError(f"checkpoint keys are not unique: {sorted(k for k in set(keys) if keys.count(k) > 1)}")

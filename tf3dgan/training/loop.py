@@ -70,6 +70,7 @@ def train(run: Run, outputs: RunOutputs) -> Path:
     print(f"training {outputs.dir}: {len(data)} grids of {data.dim}³{pooled} from {data.source}, "
           f"{run.label}, batch {run.batch}, "
           f"{steps} steps/epoch, {run.precision}, loss {trainer.objective.name}, D rule {trainer.d_rule}"
+          + "".join(f", {what}" for what in _stabilisers(run))
           + (f", {run.replicas} replicas ({type(run.strategy).__name__}"
              f"{', synchronized BatchNorm' if cfg.sync_bn else ''})" if run.strategy is not None else ""))
     with _StopRequest() as stop:
@@ -90,6 +91,13 @@ def train(run: Run, outputs: RunOutputs) -> Path:
                 return outputs.dir
     print(f"done: {_plural(cfg.epochs, 'epoch')}; run folder {outputs.dir}")
     return outputs.dir
+
+
+def _stabilisers(run: Run) -> list[str]:
+    """The start line's words for the stabilisers a run uses (none for the seeds' recipes)."""
+    s, mbstd = run.trainer.settings, run.plan.model.get("mbstd", 0)
+    return ([f"R1 γ {s.r1_gamma:g}"] if s.r1_gamma else []) + ([f"G EMA β {s.g_ema:g}"] if s.g_ema else []) \
+        + ([f"augment {'+'.join(s.augment)}"] if s.augment else []) + ([f"minibatch std {mbstd}"] if mbstd else [])
 
 
 def _train_epoch(run: Run, outputs: RunOutputs, stop):

@@ -186,9 +186,10 @@ class RunOutputs:
         return runs.save_checkpoint(self.dir, arrays, meta, numbered=numbered, keep=run.cfg.keep, name=name)
 
     def export_generator(self) -> Path:
-        """``generator.weights.h5``: the trained weights copied into the Keras generator first."""
+        """``generator.weights.h5``: the trained weights (G's moving average with ``--g-ema``) copied into the Keras
+        generator first."""
         self.run.trainer.sync_models()
-        return runs.export_generator(self.dir, self.run.G)
+        return runs.export_generator(self.dir, self.run.trainer.sampler)
 
     def last_checkpoint(self) -> str:
         """The newest numbered checkpoint's name, for messages (``none yet``)."""

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tf3dgan.atomic import stale_temps
-from tf3dgan.choices import ACCURACY_TIMINGS, RULE_LOSSES
+from tf3dgan.choices import ACCURACY_TIMINGS, RULE_LOSSES, parse_augment
 from tf3dgan.errors import CheckpointError, Tf3dganError, write_error
 from tf3dgan.spec import make_spec
 from tf3dgan.training import runs
@@ -57,6 +57,8 @@ class TrainConfig:
     rule_factor: float | None = None     # None: the objective's (2; rsgan 1.5)
     n_critic: int = 1                    # G trained every n-th step
     r1: float = 0.0                      # R1 penalty weight γ on real data for D (0: off)
+    g_ema: float = 0.0                   # β of G's moving average, which the tools sample (0: off)
+    augment: str = ""                    # DiffAugment operations, comma-separated (choices.AUGMENTS; "": off)
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-7           # Keras' default (TF1 and PyTorch: 1e-8)
     precision: str | None = None
@@ -71,6 +73,7 @@ class TrainConfig:
     data_scale: float = 1.0
     d_norm: str = "batch"
     latent_std: float = 1.0
+    mbstd: int = 0                       # D's minibatch-std group size (0: off)
     preset: str | None = None            # the preset the settings came from (tf3dgan.presets), for the record
     xla: bool = False
     strategy: str = "auto"
@@ -94,7 +97,7 @@ PER_INVOCATION = ("name", "out", "load", "load_epoch", "progress")
 #: The model flags: a resumed run keeps the model it was made with.
 MODEL_FLAGS = {"arch": "--arch", "width": "--width", "resolution": "--resolution",
                "output_activation": "--output-activation", "init": "--init", "data_scale": "--data-scale",
-               "d_norm": "--d-norm", "latent_std": "--latent-std"}
+               "d_norm": "--d-norm", "latent_std": "--latent-std", "mbstd": "--mbstd"}
 #: config.json's format: 2 since the objectives were renamed (tf3dgan.models.losses.RENAMED_V1)
 CONFIG_FORMAT = 2
 #: Settings a resumed run cannot change: the model, and the seed of its random stream.
@@ -197,7 +200,7 @@ class RunPlan:
         if model is None:
             model = make_spec(cfg.arch or "rasgan64", 1.0 if cfg.width is None else cfg.width, data.dim,
                               cfg.output_activation, init=cfg.init, data_scale=cfg.data_scale,
-                              d_norm=cfg.d_norm, latent_std=cfg.latent_std).to_dict()
+                              d_norm=cfg.d_norm, latent_std=cfg.latent_std, mbstd=cfg.mbstd).to_dict()
         for key in MODEL_FLAGS:   # config.json's settings name the model trained
             setattr(cfg, key, model[key])
         batch, note = clamp_batch(cfg.batchsize, data)
@@ -281,6 +284,12 @@ def _check_settings(cfg: TrainConfig) -> None:
             raise Tf3dganError(f"{flag_of(name)} must be in (0, 1{']' if name == 'rule_alpha' else ')'}, got {value}")
     if not (math.isfinite(cfg.r1) and cfg.r1 >= 0):
         raise Tf3dganError(f"--r1 must be a number >= 0 (0: off), got {cfg.r1}")
+    if not (math.isfinite(cfg.g_ema) and 0 <= cfg.g_ema < 1):
+        raise Tf3dganError(f"--g-ema must be in [0, 1) (0: off; e.g. 0.999), got {cfg.g_ema}")
+    try:
+        parse_augment(cfg.augment)
+    except ValueError as e:
+        raise Tf3dganError(str(e)) from None
     for name in ("adam_epsilon", "rule_factor"):
         value = getattr(cfg, name)
         if value is not None and not (math.isfinite(value) and value > 0):
@@ -303,6 +312,8 @@ def upgrade_config(saved: dict) -> dict:
     rule smoothed the training-mode D loss on skipped steps, with α 0.3 and factor 2 for every objective; the
     models were initialised ``normal``."""
     if int(saved.get("format", 1)) >= CONFIG_FORMAT:
+        if isinstance(saved.get("model"), dict) and "mbstd" not in saved["model"]:   # before --mbstd: none
+            return dict(saved, model={**saved["model"], "mbstd": 0})
         return saved
     from tf3dgan.models.losses import RENAMED_V1
 
@@ -315,7 +326,8 @@ def upgrade_config(saved: dict) -> dict:
     old = {"accuracy_timing": "previous", "rule_loss": "train", "rule_alpha": 0.3, "rule_factor": 2.0}
     out["settings"] = {**old, **settings}
     if isinstance(saved.get("model"), dict):
-        out["model"] = {"init": "normal", "data_scale": 1.0, "d_norm": "batch", "latent_std": 1.0, **saved["model"]}
+        out["model"] = {"init": "normal", "data_scale": 1.0, "d_norm": "batch", "latent_std": 1.0, "mbstd": 0,
+                        **saved["model"]}
     return out
 
 
@@ -441,7 +453,7 @@ def resolve(config: TrainConfig, saved: dict | None = None, *, given: set[str] |
         try:   # the model flags, checked before any data is read (a resumed run has its own)
             make_spec(cfg.arch or "rasgan64", 1.0 if cfg.width is None else cfg.width, cfg.resolution,
                       cfg.output_activation, init=cfg.init, data_scale=cfg.data_scale, d_norm=cfg.d_norm,
-                      latent_std=cfg.latent_std)
+                      latent_std=cfg.latent_std, mbstd=cfg.mbstd)
         except ValueError as e:
             raise Tf3dganError(f"model settings: {e}") from None
         cfg.data, cfg.validation_data = absolute_spec(cfg.data), absolute_spec(cfg.validation_data)

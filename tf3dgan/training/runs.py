@@ -288,12 +288,14 @@ def generator_source(run_dir: Path | None = None, weights: Path | None = None, e
 
 
 def load_generator(run_dir: Path | None = None, weights: Path | None = None, epoch: int | None = None,
-                   dtype_policy: str | None = "float32"):
+                   dtype_policy: str | None = "float32", ema: bool = True):
     """Rebuild a run's generator and load its weights; returns ``(generator, source_path)``.
 
     Sources, in order: ``weights`` (a checkpoint ``.npz``, self-describing, or a ``.weights.h5`` with the
     run's ``config.json`` from ``run_dir`` or beside it); the checkpoint of ``epoch``; the run's newest
-    state (``checkpoints/latest.npz``, else ``generator.weights.h5``)."""
+    state (``checkpoints/latest.npz``, else ``generator.weights.h5``).  A checkpoint of a ``--g-ema`` run gives
+    G's moving average (what the run sampled), or with ``ema=False`` the raw G; a ``.weights.h5`` holds
+    what the run exported (the average, for such a run).  ``generator.moving_average`` says which it is."""
     source = generator_source(run_dir, weights, epoch)
     from tf3dgan.models.networks import build_from_config
     from tf3dgan.training import checkpoint_keys
@@ -302,10 +304,14 @@ def load_generator(run_dir: Path | None = None, weights: Path | None = None, epo
         if "model" not in meta:
             raise CheckpointError(f"{source}: checkpoint metadata has no model description")
         generator, _ = build_from_config(meta["model"], dtype_policy=dtype_policy)
-        checkpoint_keys.load_model_weights(generator, "g", arrays, str(source))
+        averaged = ema and any(k.startswith("g_ema/") for k in arrays)
+        checkpoint_keys.load_model_weights(generator, "g_ema" if averaged else "g", arrays, str(source))
+        generator.moving_average = averaged
         return generator, source
     config_dir = Path(run_dir) if run_dir is not None else source.parent
-    generator, _ = build_from_config(read_config(config_dir)["model"], dtype_policy=dtype_policy)
+    config = read_config(config_dir)
+    generator, _ = build_from_config(config["model"], dtype_policy=dtype_policy)
+    generator.moving_average = bool((config.get("settings") or {}).get("g_ema"))
     try:
         generator.load_weights(str(source))
     except (ValueError, OSError) as e:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tf3dgan.choices import ACCURACY_TIMINGS, D_RULES, PRECISIONS, RULE_LOSSES
+from tf3dgan.choices import ACCURACY_TIMINGS, AUGMENTS, D_RULES, PRECISIONS, RULE_LOSSES
 from tf3dgan.models import losses
 from tf3dgan.training import checkpoint_keys
 from tf3dgan.training.algorithm import METRICS, OPTIONAL_STATE, RULE_STATE, StepSettings, initial_rule_state  # noqa: F401  (METRICS, RULE_STATE re-exported)
@@ -41,6 +41,14 @@ def optional_entry(key: str) -> bool:
     return key.split("/")[0].endswith("_scale") or key.removeprefix("trainer/") in OPTIONAL_STATE
 
 
+def with_ema_start(arrays: dict) -> dict:
+    """A checkpoint's arrays (path keys) with G's moving average filled in from its G when it has none (a run
+    written without ``--g-ema`` that resumes with it: the average starts from the checkpoint's G)."""
+    if any(k.startswith("g_ema/") for k in arrays):
+        return arrays
+    return dict(arrays, **{"g_ema/" + k[2:]: v for k, v in arrays.items() if k.startswith("g/")})
+
+
 def adam(lr: float, float16: bool, beta_2: float = 0.999, epsilon: float = 1e-7):
     """The seeds' Adam (β1 = 0.5), wrapped in a dynamic loss scaler for ``mixed_float16``.  ``beta_2`` 0.9 is
     64-3D-IWGan.py's; ``epsilon`` 1e-8 is TensorFlow 1's and PyTorch's default (Keras' is 1e-7)."""
@@ -59,7 +67,8 @@ class Trainer:
                  loss: str = "rasgan", d_rule: str | None = None, precision: str = "float32",
                  ema_alpha: float | None = None, rule_factor: float | None = None, accuracy_threshold: float = 0.8,
                  accuracy_timing: str = "current", rule_loss: str = "eval", n_critic: int = 1,
-                 adam_beta2: float = 0.999, adam_epsilon: float = 1e-7, r1_gamma: float = 0.0):
+                 adam_beta2: float = 0.999, adam_epsilon: float = 1e-7, r1_gamma: float = 0.0,
+                 g_ema: float = 0.0, augment: tuple[str, ...] = ()):
         n = int(data_packed.shape[0])
         self.objective, self.d_rule = check_settings(loss, d_rule, precision, batch_size, n)
         if accuracy_timing not in ACCURACY_TIMINGS:
@@ -68,6 +77,11 @@ class Trainer:
             raise ValueError(f"rule loss must be one of {', '.join(RULE_LOSSES)}, got {rule_loss!r}")
         if int(n_critic) != n_critic or n_critic < 1:
             raise ValueError(f"n_critic must be a positive integer, got {n_critic}")
+        if not 0 <= g_ema < 1:
+            raise ValueError(f"g_ema must be in [0, 1) (0: off), got {g_ema}")
+        augment = tuple(augment)
+        if set(augment) - set(AUGMENTS):
+            raise ValueError(f"augment operations must be among {', '.join(AUGMENTS)}, got {augment}")
         self.G, self.D = generator, discriminator
         self.dim, self.batch_size, self.precision = int(dim), int(batch_size), precision
         self.latent_dim = int(generator.spec.latent_dim)
@@ -79,9 +93,30 @@ class Trainer:
         self.loss_scaled = precision == "mixed_float16"
         self.settings = StepSettings(self.objective, self.d_rule, self.batch_size, self.dim, self.latent_dim,
                                      self.ema_alpha, self.accuracy_threshold, self.rule_factor, accuracy_timing,
-                                     rule_loss, int(n_critic), float(r1_gamma))
+                                     rule_loss, int(n_critic), float(r1_gamma), float(g_ema),
+                                     tuple(a for a in AUGMENTS if a in augment))
+        self.G_ema = None      # G's moving average (``g_ema``): a second generator, made by the backend
         self.trace_count = 0   # traces of the train-steps function (Python side effect while tracing)
         self._pos = 0          # the step within the epoch, tracked on the host (no device read per call)
+
+    def _make_ema_generator(self) -> None:
+        """``G_ema``: a generator like G holding G's moving average (``g_ema`` on), starting as a copy of G (call
+        inside the strategy's scope)."""
+        if not self.settings.g_ema:
+            return
+        G = self.G
+        self.G_ema = type(G)(**G.get_config(), dtype_policy=G.dtype_policy.name, conv_transpose=G.conv_transpose,
+                             name="generator_ema")
+        self.G_ema.build((None, self.latent_dim))
+        for e, w in zip(self.G_ema.weights, G.weights):
+            if not np.issubdtype(np.dtype(w.dtype), np.floating):
+                raise ValueError(f"G's variable {w.path} is not floating-point; it cannot be averaged")
+            e.assign(np.array(w.value))
+
+    @property
+    def sampler(self):
+        """The generator the tools sample: G's moving average with ``g_ema``, else G (after ``sync_models``)."""
+        return self.G if self.G_ema is None else self.G_ema
 
     def _make_optimizers(self, g_lr: float, d_lr: float) -> None:
         self.opt_g = adam(g_lr, self.loss_scaled, self.adam_beta2, self.adam_epsilon)
@@ -131,7 +166,7 @@ class Trainer:
             group, _, name = key.partition("/")
             if group in ("opt_g", "opt_d") and name != "learning_rate":
                 arrays[key] = np.zeros_like(value)
-            elif group == "trainer" and name in RULE_STATE and name not in ("perm", "pos"):
+            elif group == "trainer" and name in RULE_STATE and name not in ("perm", "pos", "ema_count"):
                 arrays[key] = np.asarray(fresh[name], value.dtype)
         self.load_state_arrays(arrays, source="the schedule's restart")
 
@@ -141,4 +176,5 @@ class Trainer:
     def manifest(self) -> dict:
         """What ``state_arrays`` holds besides the rule state and RNG: key -> the variable's path, shape, dtype
         (for a checkpoint's metadata)."""
-        return checkpoint_keys.manifest(checkpoint_keys.checkpoint_variables(self.G, self.D, self.opt_g, self.opt_d))
+        return checkpoint_keys.manifest(checkpoint_keys.checkpoint_variables(self.G, self.D, self.opt_g, self.opt_d,
+                                                                             self.G_ema))

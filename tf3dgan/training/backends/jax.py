@@ -45,11 +45,12 @@ from tf3dgan.choices import JAX_STRATEGIES as STRATEGIES  # the --strategy names
 from tf3dgan.training import algorithm, checkpoint_keys
 from tf3dgan.training.algorithm import RULE_STATE
 from tf3dgan.training.backends.jax_convolutions import conv_lhs_dilated, conv_strided, cpu_friendly_convolutions  # noqa: F401  (re-exported)
-from tf3dgan.training.trainer import Trainer, optional_entry
+from tf3dgan.training.trainer import Trainer, optional_entry, with_ema_start
 
 RNG_IMPL = "threefry2x32"
 RNG_TAG = 0x4A41585F6B6579   # "JAX_key": marks a trainer/rng array that holds a JAX key
 MODEL_GROUPS = ("g_tr", "g_nt", "d_tr", "d_nt", "opt_g", "opt_d")   # the state pytree's lists of arrays
+EMA_GROUPS = ("ge_tr", "ge_nt")   # G's moving average (``g_ema``): G_ema's trainable and non-trainable arrays
 
 
 def default_precision() -> str:
@@ -121,10 +122,12 @@ class _Context:
     def __init__(self, trainer: "JaxGANTrainer", state: dict, data, val):
         self.t = trainer
         self.data, self.val = data, val
-        self.vars = {k: list(state[k]) for k in MODEL_GROUPS}
+        self.vars = {k: list(state[k]) for k in trainer._groups}
         key, k_z, k_gp, k_val, k_z2 = jax.random.split(jax.random.wrap_key_data(state["rng"], impl=RNG_IMPL), 5)
         self.next_key = key
         self.keys = {"d": k_z, "gp": k_gp, "val": k_val, "g": k_z2}
+        if trainer.settings.augment:   # keys of their own, so runs without augmentation keep their stream
+            self.keys["augment_d"], self.keys["augment_g"] = jax.random.split(jax.random.fold_in(key, 1), 2)
 
     # random numbers: one key per draw
     def latents(self, phase: str):
@@ -135,6 +138,18 @@ class _Context:
 
     def validation_rows(self, n):
         return jax.random.randint(self.keys["val"], (self.t.batch_size,), 0, n, jnp.int32)
+
+    def uniforms(self, name: str, shape):
+        return self.local(jax.random.uniform(self.keys[name], shape, jnp.float32))
+
+    def weights(self, name: str):
+        tr, nt = ("g_tr", "g_nt") if name == "g" else EMA_GROUPS
+        return self.vars[tr] + self.vars[nt]
+
+    def assign(self, name: str, values):
+        tr, nt = ("g_tr", "g_nt") if name == "g" else EMA_GROUPS
+        n = len(self.vars[tr])
+        self.vars = dict(self.vars, **{tr: list(values[:n]), nt: list(values[n:])})
 
     # the models
     def _call(self, name: str, model, x, training: bool):
@@ -226,6 +241,8 @@ class JaxGANTrainer(Trainer):
         # None: the rewritten convolutions on CPU only (GPUs run transposed convolutions natively)
         self.cpu_convolutions = (jax.default_backend() == "cpu") if cpu_convolutions is None else bool(cpu_convolutions)
         self._make_optimizers(g_lr, d_lr)
+        self._make_ema_generator()
+        self._groups = MODEL_GROUPS + (EMA_GROUPS if self.G_ema is not None else ())
         self._set_distribution(distribution)
         self._data = self._put(np.ascontiguousarray(data_packed, dtype=np.uint8))
         self._val = (None if validation_packed is None
@@ -276,10 +293,14 @@ class JaxGANTrainer(Trainer):
             where.update({id(v): (f"{prefix}_nt", i) for i, v in enumerate(model.non_trainable_variables)})
         for name, opt in (("opt_g", self.opt_g), ("opt_d", self.opt_d)):
             where.update({id(v): (name, i) for i, v in enumerate(opt.variables)})
-        layout, self._entries = [], checkpoint_keys.checkpoint_variables(self.G, self.D, self.opt_g, self.opt_d)
+        if self.G_ema is not None:
+            where.update({id(v): ("ge_tr", i) for i, v in enumerate(self.G_ema.trainable_variables)})
+            where.update({id(v): ("ge_nt", i) for i, v in enumerate(self.G_ema.non_trainable_variables)})
+        layout = []
+        self._entries = checkpoint_keys.checkpoint_variables(self.G, self.D, self.opt_g, self.opt_d, self.G_ema)
         for key, v, _ in self._entries:
             dtype = np.dtype(v.dtype)
-            if dtype.kind in "iu" and not key.startswith(("g/", "d/")):
+            if dtype.kind in "iu" and not key.startswith(("g/", "d/", "g_ema/")):
                 dtype = np.dtype(np.int64)   # optimizer counters: Keras "int" is int64 under TensorFlow
             layout.append((key, *where[id(v)], dtype))
         for key, dtype in RULE_STATE.items():
@@ -293,6 +314,8 @@ class JaxGANTrainer(Trainer):
             "g_tr": values(self.G.trainable_variables), "g_nt": values(self.G.non_trainable_variables),
             "d_tr": values(self.D.trainable_variables), "d_nt": values(self.D.non_trainable_variables),
             "opt_g": values(self.opt_g.variables), "opt_d": values(self.opt_d.variables),
+            **({"ge_tr": values(self.G_ema.trainable_variables), "ge_nt": values(self.G_ema.non_trainable_variables)}
+               if self.G_ema is not None else {}),
             **algorithm.initial_rule_state(n),
             "rng": np.asarray(jax.random.key_data(jax.random.key(seed, impl=RNG_IMPL))),
         }
@@ -333,8 +356,10 @@ class JaxGANTrainer(Trainer):
                 float(self._state["opt_d"][self._lr_index(self.opt_d)]))
 
     def generate(self, z: np.ndarray) -> np.ndarray:
-        """Generator output (inference-mode BatchNorm) for latent vectors ``z`` as float32 (N, D, H, W)."""
-        out = self._sample_fn(self._state["g_tr"], self._state["g_nt"], self._put(np.asarray(z, np.float32)))
+        """Generator output (inference-mode BatchNorm; G's moving average with ``g_ema``) for latent vectors ``z``
+        as float32 (N, D, H, W)."""
+        tr, nt = EMA_GROUPS if self.G_ema is not None else ("g_tr", "g_nt")
+        out = self._sample_fn(self._state[tr], self._state[nt], self._put(np.asarray(z, np.float32)))
         return np.asarray(out, dtype=np.float32)[..., 0]
 
     def sync_models(self) -> None:
@@ -356,7 +381,7 @@ class JaxGANTrainer(Trainer):
 
     def _assign_models(self, arrays: dict[str, np.ndarray]) -> None:
         for key, w, _ in self._entries:
-            if key.split("/")[0] in checkpoint_keys.MODEL_GROUPS:
+            if key.split("/")[0] in (*checkpoint_keys.MODEL_GROUPS, "g_ema"):
                 w.assign(np.array(arrays[key]))   # a host copy: never a donated buffer
 
     def state_arrays(self) -> dict[str, np.ndarray]:
@@ -367,7 +392,7 @@ class JaxGANTrainer(Trainer):
     def load_state_arrays(self, arrays: dict[str, np.ndarray], source: str = "checkpoint") -> None:
         """Restore ``state_arrays`` output (from either backend, or a checkpoint with positional keys); a
         missing or mis-shaped entry is a CheckpointError naming the variable."""
-        arrays = checkpoint_keys.upgrade(arrays, self._entries)
+        arrays = with_ema_start(checkpoint_keys.upgrade(arrays, self._entries))
         variables = {key: v for key, v, _ in self._entries}
         host = jax.device_get(self._state)
         host = {k: list(v) if isinstance(v, list) else v for k, v in host.items()}
@@ -403,7 +428,7 @@ class JaxGANTrainer(Trainer):
 
     def _sample(self, g_tr, g_nt, z):
         with cpu_friendly_convolutions(self.cpu_convolutions):
-            out, _ = self.G.stateless_call(g_tr, g_nt, z, training=False)
+            out, _ = self.sampler.stateless_call(g_tr, g_nt, z, training=False)
         return out.astype(jnp.float32)
 
     def _latent(self, key):

@@ -42,7 +42,7 @@ import tensorflow as tf
 from tf3dgan.choices import STRATEGIES  # the --strategy names (re-exported)
 from tf3dgan.errors import Tf3dganError
 from tf3dgan.training import algorithm, checkpoint_keys
-from tf3dgan.training.trainer import D_RULES, METRICS, PRECISIONS, Trainer, optional_entry
+from tf3dgan.training.trainer import D_RULES, METRICS, PRECISIONS, Trainer, optional_entry, with_ema_start
 
 __all__ = ["GANTrainer", "D_RULES", "METRICS", "PRECISIONS", "default_precision", "make_strategy", "split_cpu",
            "tune_for_device"]
@@ -140,6 +140,20 @@ class _Context:
 
     def validation_rows(self, n):
         return self.t.rng.uniform((self.t.batch_size,), 0, n, dtype=tf.int32)
+
+    def uniforms(self, name: str, shape):
+        return self.t.rng.uniform(shape)
+
+    def _variables(self, name: str):
+        model = self.t.G if name == "g" else self.t.G_ema
+        return model.trainable_variables + model.non_trainable_variables
+
+    def weights(self, name: str):
+        return [tf.identity(v.value) for v in self._variables(name)]
+
+    def assign(self, name: str, values):
+        for v, value in zip(self._variables(name), values):
+            v.assign(value)
 
     # the models
     def G(self, z, training: bool):
@@ -258,6 +272,7 @@ class GANTrainer(Trainer):
         n = int(data_packed.shape[0])
         with strategy.scope() if strategy is not None else contextlib.nullcontext():
             self._make_optimizers(g_lr, d_lr)
+            self._make_ema_generator()
             self._data = tf.constant(data_packed, dtype=tf.uint8)
             self._val = None if validation_packed is None else tf.constant(validation_packed, dtype=tf.uint8)
             self.rng = tf.random.Generator.from_seed(seed)
@@ -265,7 +280,7 @@ class GANTrainer(Trainer):
                            for key, value in algorithm.initial_rule_state(n).items()}
         self._run_fn = tf.function(self._run_steps, jit_compile=bool(xla))
         self._shuffle_fn = tf.function(self._shuffle_orders)
-        self._sample = tf.function(lambda z: self.G(z, training=False))
+        self._sample = tf.function(lambda z: self.sampler(z, training=False))
 
     # ------------------------------------------------------------------ Trainer's backend half
     def _shuffle(self) -> None:
@@ -282,7 +297,8 @@ class GANTrainer(Trainer):
         return float(self.opt_g.learning_rate.numpy()), float(self.opt_d.learning_rate.numpy())
 
     def generate(self, z: np.ndarray) -> np.ndarray:
-        """Generator output (inference-mode BatchNorm) for latent vectors ``z`` as float32 (N, D, H, W)."""
+        """Generator output (inference-mode BatchNorm; G's moving average with ``g_ema``) for latent vectors ``z``
+        as float32 (N, D, H, W)."""
         return self._sample(tf.constant(z, dtype=tf.float32)).numpy()[..., 0]
 
     def sync_models(self) -> None:
@@ -292,7 +308,7 @@ class GANTrainer(Trainer):
     def _named_variables(self):
         """``(key, variable, positional key)`` for everything in a checkpoint: the models' and optimizers'
         variables (:func:`checkpoint_keys.checkpoint_variables`), then the rule state and the RNG."""
-        yield from checkpoint_keys.checkpoint_variables(self.G, self.D, self.opt_g, self.opt_d)
+        yield from checkpoint_keys.checkpoint_variables(self.G, self.D, self.opt_g, self.opt_d, self.G_ema)
         for key, v in self._state.items():
             yield f"trainer/{key}", v, None
         yield "trainer/rng", self.rng.state, None
@@ -305,7 +321,7 @@ class GANTrainer(Trainer):
         """Restore ``state_arrays`` output (or a checkpoint with positional keys); a missing or mis-shaped
         entry is a CheckpointError naming the variable."""
         entries = list(self._named_variables())
-        arrays = checkpoint_keys.upgrade(arrays, entries)
+        arrays = with_ema_start(checkpoint_keys.upgrade(arrays, entries))
         pending = []
         for key, v, _ in entries:
             value = checkpoint_keys.entry(arrays, key, v, source, optional=optional_entry(key))
