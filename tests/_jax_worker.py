@@ -31,6 +31,7 @@ import jax
 import keras
 
 from tf3dgan.data.datasets import pack
+from tf3dgan.data.datasets import unpack as unpack_grids
 from tf3dgan.data.synthetic import make_shapes
 from tf3dgan.errors import CheckpointError
 from tf3dgan.models.networks import build_models
@@ -177,6 +178,50 @@ def faithful_modes(inp, out):
     return dict(d_same=np.array(d_same), accuracy=np.array(accuracy), trained=np.array(trained),
                 g_same=np.array(g_same), g_loss=np.array(g_loss), r1_diff=r1_diff,
                 r1_expected=5.0 * float(np.mean(np.sum(grads.reshape(8, -1) ** 2, axis=1))))
+
+
+def stabilisers(inp, out):
+    """--augment against its NumPy transcription, --g-ema replayed over 5 steps, and a trainer with every stabiliser
+    (augment, EMA, minibatch std) resumed from its checkpoint against one that ran straight through."""
+    from _stabiliser_reference import augment as augment_reference
+    from _stabiliser_reference import moving_average
+
+    from tf3dgan.training import augment
+
+    grids = np.asarray(unpack_grids(DATA[16], 16), np.float32)[..., None]
+    u = np.random.default_rng(2).random((len(grids), augment.DRAWS)).astype(np.float32)
+    ops = ("translation", "mirror", "cutout")
+    got = np.asarray(augment.augment(jax.numpy.asarray(grids), jax.numpy.asarray(u), ops))
+    augment_error = float(np.abs(got - augment_reference(grids, u, ops)).max())
+    t = tiny(res=16, g_ema=0.9)
+    snapshots = [[np.asarray(a) for a in t._state["g_tr"] + t._state["g_nt"]]]
+    for _ in range(5):
+        steps(t, 1)
+        snapshots.append([np.asarray(a) for a in t._state["g_tr"] + t._state["g_nt"]])
+    expected = moving_average(snapshots, 0.9)[-1]
+    ema = [np.asarray(a) for a in t._state["ge_tr"] + t._state["ge_nt"]]
+    ema_error = max(float(np.abs(a - b).max()) for a, b in zip(ema, expected))
+
+    def make(seed):
+        g, d = build_models("rasgan64", width=0.125, resolution=16, output_activation="sigmoid", mbstd=2)
+        return JaxGANTrainer(g, d, DATA[16], 16, batch_size=8, seed=seed, g_ema=0.99, augment=ops)
+
+    straight = make(3)
+    init = straight.state_arrays()
+    straight.start_epoch()
+    steps(straight, 3)
+    first = make(3)
+    first.load_state_arrays(init)
+    first.start_epoch()
+    steps(first, 1)
+    resumed = make(99)
+    resumed.load_state_arrays(first.state_arrays())
+    steps(resumed, 2)
+    a, b = straight.state_arrays(), resumed.state_arrays()
+    mismatched = [k for k in a if not np.allclose(a[k], b[k], rtol=1e-5, atol=1e-6)]
+    return dict(augment_error=augment_error, ema_error=ema_error, ema_count=int(a["trainer/ema_count"]),
+                ema_keys=sum(k.startswith("g_ema/") for k in a), g_keys=sum(k.startswith("g/") for k in a),
+                state_mismatch=np.array(mismatched, dtype=str))
 
 
 def _learning(loss, n=40):
@@ -351,7 +396,7 @@ def data_parallel(inp, out):
 
 
 SCENARIOS = {f.__name__: f for f in (compile_once, d_rule_skip, faithful_modes, learn_rasgan, learn_minimax, wgan_gp, bfloat16,
-                                      float16, conv_rewrite, cross_backend, resume, data_parallel)}
+                                      float16, conv_rewrite, cross_backend, resume, data_parallel, stabilisers)}
 
 
 def main(argv):

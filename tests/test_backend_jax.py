@@ -34,7 +34,7 @@ GRIDS = make_shapes("boxes", 32, 8, seed=1)          # the workers' dataset (tes
 DATA = {8: pack(GRIDS), 16: pack(make_shapes("boxes", 32, 16, seed=1))}
 WORKERS = (("compile_once", "learn_rasgan", "resume", "d_rule_skip", "conv_rewrite", "bfloat16", "wgan_gp",
             "faithful_modes"),
-           ("cross_backend", "learn_minimax", "float16", "data_parallel"))   # the second needs the TF checkpoint
+           ("cross_backend", "learn_minimax", "float16", "data_parallel", "stabilisers"))   # the second needs the TF checkpoint
 
 
 def tf_tiny(res=16, **kw):
@@ -163,6 +163,15 @@ def test_the_seeds_accuracy_rule_n_critic_and_r1_under_jax(side):
     np.testing.assert_array_equal(r["g_same"], [False, True, True, False, True, True, False])
     assert r["g_loss"][1] == r["g_loss"][2] == r["g_loss"][0]       # no update: the last G loss
     assert r["r1_expected"] > 1e-6 and r["r1_diff"] == pytest.approx(r["r1_expected"], rel=1e-4)   # --r1 10
+
+
+@pytest.mark.slow
+def test_the_stabilisers_under_jax(side):
+    r = result(side, "stabilisers")
+    assert r["augment_error"] < 1e-6                       # --augment: its definition (tests/_stabiliser_reference.py)
+    assert r["ema_error"] < 1e-5                           # --g-ema: the moving average of G's 5 snapshots
+    assert r["ema_keys"] == r["g_keys"] and r["ema_count"] == 3
+    assert list(r["state_mismatch"]) == []                 # every stabiliser: resumed = straight through
 
 
 @pytest.mark.slow
