@@ -18,7 +18,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["tf3dgan", "tf3dgan.*"]) + ["tf3dgan.tools"],
-    package_data={"tf3dgan.metrics": ["weights/*.npz", "weights/*.json"]},   # the shipped classifier
+    package_data={"tf3dgan.metrics": ["weights/*.npz", "weights/*.json"],   # the shipped classifier
+                  "tf3dgan.pretrained": ["*.npz", "*.json"]},                   # the shipped generators
     package_dir={"tf3dgan": "tf3dgan", "tf3dgan.tools": "tools"},
     install_requires=[
         "tensorflow>=2.16",

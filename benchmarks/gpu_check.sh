@@ -6,6 +6,9 @@
 #      a profile of each configuration's kernels                          -> $OUT/bench.jsonl, $OUT/bench.txt
 #   3. a short real training run on the ModelNet10 chairs (64³), a few hundred steps
 #                                                                         -> $OUT/train.txt, $OUT/losses.json
+#   4. quality: --preset gpu-chair64 on the chairs for $QUALITY_SECONDS (SIGTERM saves it), then tools/evaluate.py
+#      against the 99 test chairs (--metrics iou jsd; the floor beside them)
+#                                                                         -> $OUT/quality_train.txt, $OUT/quality.json
 #
 # Prepare here (once): the Keras wheels the GPU machine lacks and the chairs, in git-ignored folders:
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -36,7 +39,8 @@ else
     SIZE=(); BATCH=24; STEPS=(--steps 20 --warmup 3); EPOCHS=${EPOCHS:-8}; SPC=(${SPC:-1 10})
     PRECISIONS=(${PRECISIONS:-mixed_bfloat16 float32})
 fi
-STAGES=${STAGES:-env bench train}   # a device command has 10 minutes: e.g. STAGES="env bench", then STAGES=train
+STAGES=${STAGES:-env bench train quality}   # a device command has 10 minutes: e.g. STAGES="env bench", then STAGES="train quality"
+QUALITY_SECONDS=${QUALITY_SECONDS:-240}
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 
 has env && {
@@ -69,7 +73,7 @@ tail -3 "$OUT/bench_stderr.txt"
 fi
 
 # 3. a short training run (the seed's flags) and its losses
-has train || exit 0
+if has train; then
 RUN=/tmp/gpu_check_runs
 rm -rf "$RUN"
 "$PY" tools/train.py -n chair-gpu -d "$DATA" "${SIZE[@]}" -e "$EPOCHS" -b "$BATCH" -glr 0.0025 -dlr 0.00003 \
@@ -85,3 +89,15 @@ d, g = (np.asarray(tracks[k]) for k in ("d_loss", "g_loss"))
 print(f"{d.size} steps: d_loss first/last 20 mean {d[:20].mean():.4f} / {d[-20:].mean():.4f}, "
       f"g_loss {g[:20].mean():.4f} / {g[-20:].mean():.4f}, all finite: {bool(np.isfinite(d).all() and np.isfinite(g).all())}")
 EOF
+fi
+
+# 4. the GPU recipe's quality after $QUALITY_SECONDS of training
+has quality || exit 0
+QRUN=/tmp/gpu_check_quality
+rm -rf "$QRUN"
+if [ "${QUICK:-0}" = 1 ]; then QDATA=synthetic:chairs:res=16:n=64; QREF=synthetic:chairs:res=16:n=32:seed=9
+else QDATA="$DATA:train"; QREF="$DATA:test"; fi
+timeout -s TERM "$QUALITY_SECONDS" "$PY" tools/train.py -n gpu-chair64 --preset gpu-chair64 -d "$QDATA" "${SIZE[@]}" \
+    -e 100000 -sample 1000 -graph 1000 -graph3d 1000 -save 5 --no-progress --out "$QRUN" 2>&1 | tee "$OUT/quality_train.txt"
+"$PY" tools/evaluate.py -n gpu-chair64 --out "$QRUN" --reference "$QREF" --metrics iou jsd --json -o "$OUT/quality.json" \
+    2>&1 | tail -3 | tee -a "$OUT/quality_train.txt"

@@ -39,11 +39,15 @@ def test_latents_and_interpolation():
 
 @pytest.mark.slow
 def test_generate_batch_matches_the_library(run, tmp_path):
-    proc = tool("generate", "-n", "g", "--out", run, "--count", "5", "--seed", "7", "--sheet", "--obj")
+    proc = tool("generate", "-n", "g", "--out", run, "--count", "5", "--seed", "7", "--sheet", "--obj", "--binary")
     assert proc.returncode == 0, proc.stderr[-3000:]
     folder = run / "g" / "generated"
     grids = np.load(folder / "seed7_n5.npy")
     assert grids.shape == (5, 8, 8, 8) and grids.dtype == np.float32
+    binary = np.load(folder / "seed7_n5_binary.npy")   # --binary: thresholded at the run's threshold, uint8 0/1
+    assert binary.dtype == np.uint8 and set(np.unique(binary)) <= {0, 1}
+    np.testing.assert_array_equal(binary, grids > runs.run_threshold(run / "g"))
+    assert "seed7_n5_binary.npy" in proc.stdout
     generator, source = runs.load_generator(run / "g")
     assert source == runs.checkpoint_path(run / "g")
     z = np.load(folder / "seed7_n5_latents.npy")

@@ -36,6 +36,8 @@ COLORMAPS = ("copper", "viridis", "plasma", "winter", "cool", "ocean", "inferno"
 DEFAULT_VIEW = (-60.0, 30.0)
 #: The original's occupancy threshold (linear-output generators, and grids of no run); sigmoid runs use 0.5
 DEFAULT_THRESHOLD = 0.3
+#: the generators shipped in the package (tf3dgan/pretrained/<name>.npz): ``generate.py --pretrained NAME``
+PRETRAINED = ("chair32",)
 BACKENDS = {"tensorflow": "tf", "jax": "jax"}                 # Keras backend -> the short name of bench --backend
 
 

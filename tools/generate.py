@@ -3,6 +3,7 @@
 
     python tools/generate.py -n chair-1 --count 16 --seed 0 --sheet --obj
     python tools/generate.py -n chair-1 -le 1000 --interpolate 8 --seed 3 --seed2 7
+    python tools/generate.py --pretrained chair32 --count 99 --seed 7 --binary --dest chairs
 Writes <out>/<name>/generated/<stem>.npy (a batch), and on request <stem>.png (a sheet) and <stem>_<i>.obj.
 """
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tf3dgan.choices import COLORMAPS, GRAPH_STYLES
+from tf3dgan.choices import COLORMAPS, GRAPH_STYLES, PRETRAINED
 from tf3dgan.cli import HelpFormatter, run_tool
 
 # Only light modules (NumPy at most) load before the flags, the run and --dest are checked; Keras and
@@ -29,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, metavar="FILE",
                    help="weights to use instead: a checkpoint .npz (self-describing) or a .weights.h5 "
                         "(config.json from -n or beside it)")
+    p.add_argument("--pretrained", choices=PRETRAINED, default=None,
+                   help="a generator shipped in the package instead of a run (chair32: ModelNet10 chairs at 32³; "
+                        "its command and metrics are in README)")
     p.add_argument("--out", default="savepoint", metavar="DIR", help="folder of the runs")
     p.add_argument("--dest", default=None, metavar="DIR",
                    help="output folder [default: <out>/<name>/generated, or ./generated]")
@@ -49,18 +53,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=None,
                    help="a voxel is solid above this value [default: the run's, from its config.json: 0.5 for "
                         "sigmoid generators, else the seed's 0.3]")
+    p.add_argument("--binary", action="store_true",
+                   help="also write the grids thresholded as uint8 0/1 (<stem>_binary.npy), for downstream use")
+    p.add_argument("--no-ema", dest="ema", action="store_false",
+                   help="a --g-ema run's raw G instead of its moving average")
     p.add_argument("--batch", type=int, default=16, help="shapes per generator call")
     return p
 
 
 def run(args: argparse.Namespace) -> None:
+    from tf3dgan.errors import Tf3dganError
     from tf3dgan.outputs.generation import generate_shapes
 
-    result = generate_shapes(args.name, weights=args.weights, load_epoch=args.load_epoch, out=args.out,
+    weights = args.weights
+    if args.pretrained:
+        from tf3dgan import pretrained
+
+        if args.name or args.weights or args.load_epoch is not None:
+            raise Tf3dganError("--pretrained names the generator: drop -n, -le and --weights")
+        weights = pretrained.path(args.pretrained)
+    result = generate_shapes(args.name, weights=weights, load_epoch=args.load_epoch, out=args.out,
                              dest=args.dest, count=args.count, seed=args.seed, interpolate=args.interpolate,
                              seed2=args.seed2, interpolation=args.interpolation, sheet=args.sheet, style=args.style,
                              colormap=args.colormap, obj=args.obj, mesh=args.mesh, threshold=args.threshold,
-                             batch=args.batch)
+                             batch=args.batch, binary=args.binary, ema=args.ema)
     print(result.summary())
 
 

@@ -28,6 +28,7 @@ class Generated:
     threshold: float
     seconds: float
     sheet: Path | None = None
+    binary: Path | None = None     # <stem>_binary.npy: the grids thresholded, uint8 0/1
     meshes: list[Path] = field(default_factory=list)
     empty: list[int] = field(default_factory=list)   # shapes with no voxel above the threshold (no mesh)
     stem: str = ""
@@ -35,7 +36,7 @@ class Generated:
 
     def summary(self) -> str:
         """The one line the tool ends with."""
-        wrote = [f"{self.grids} {self.shape}"]
+        wrote = [f"{self.grids} {self.shape}"] + ([f"{self.binary} (0/1 at {self.threshold:g})"] if self.binary else [])
         if self.sheet is not None:
             wrote.append(str(self.sheet))
         if self.with_meshes:
@@ -51,13 +52,16 @@ def generate_shapes(name: str | None = None, *, weights: str | None = None, load
                     seed: int = 0, interpolate: int | None = None, seed2: int | None = None,
                     interpolation: str = "linear", sheet: bool = False, style: str = "shaded",
                     colormap: int | str = 1, obj: bool = False, mesh: str = "faces",
-                    threshold: float | None = None, batch: int = 16) -> Generated:
+                    threshold: float | None = None, batch: int = 16, binary: bool = False,
+                    ema: bool = True) -> Generated:
     """Generate ``count`` shapes (or ``interpolate`` shapes on the path from ``seed``'s latent to ``seed2``'s) with
     run ``name``'s generator (under ``out``; checkpoint of ``load_epoch``, else the newest) or the ``weights`` file.
 
     Writes ``<dest>/<stem>.npy`` (the batch) and ``<stem>_latents.npy`` (``dest`` defaults to
     ``<out>/<name>/generated``, or ``./generated``), with ``sheet`` a PNG sheet ``<stem>.png`` and with ``obj`` one
-    mesh ``<stem>_<i>.obj`` per shape that has a voxel above ``threshold`` (default: the run's). ``colormap``: an
+    mesh ``<stem>_<i>.obj`` per shape that has a voxel above ``threshold`` (default: the run's), with ``binary``
+    ``<stem>_binary.npy`` (the grids above ``threshold``, uint8 0/1). ``ema=False``: a ``--g-ema`` run's raw G
+    instead of its moving average. ``colormap``: an
     index into :data:`tf3dgan.choices.COLORMAPS` or a name. Errors in the arguments, a missing run or weights file
     and an unwritable ``dest`` are raised before TensorFlow is imported.
     """
@@ -66,7 +70,7 @@ def generate_shapes(name: str | None = None, *, weights: str | None = None, load
     from tf3dgan.training import runs
 
     if name is None and weights is None:
-        raise Tf3dganError("say which generator: -n RUN (optionally -le EPOCH) or --weights FILE")
+        raise Tf3dganError("say which generator: -n RUN (optionally -le EPOCH), --weights FILE or --pretrained NAME")
     if load_epoch is not None and weights is not None:
         raise Tf3dganError("-le picks a checkpoint of the run; --weights names a file: give one of them")
     for flag, value, low in (("--count", count, 1), ("--batch", batch, 1), ("--interpolate", interpolate, 2)):
@@ -88,7 +92,7 @@ def generate_shapes(name: str | None = None, *, weights: str | None = None, load
     from tf3dgan.outputs import sampling
     from tf3dgan.spec import describe
 
-    generator, source = runs.load_generator(run_dir, weights, load_epoch)
+    generator, source = runs.load_generator(run_dir, weights, load_epoch, ema=ema)
     spec = generator.spec
     if threshold is None:   # the run's (config.json), else the one its model implies
         threshold = (runs.run_threshold(run_dir) if run_dir else None) or runs.model_threshold(spec.to_dict())
@@ -114,6 +118,10 @@ def generate_shapes(name: str | None = None, *, weights: str | None = None, load
     result = Generated(grids=target, latents=dest / f"{stem}_latents.npy", count=len(grids),
                        shape=tuple(grids.shape), resolution=spec.resolution, source=source, threshold=threshold,
                        seconds=0.0, stem=stem, with_meshes=obj)
+    if binary:
+        result.binary = dest / f"{stem}_binary.npy"
+        with atomic_path(result.binary) as tmp:
+            np.save(tmp, (grids > threshold).astype(np.uint8))
     if sheet:
         from tf3dgan.outputs import plots
 

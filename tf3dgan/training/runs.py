@@ -33,7 +33,7 @@ CHECKPOINT_DIR = "checkpoints"
 LATEST = "latest.npz"
 GENERATOR_WEIGHTS = "generator.weights.h5"
 _CKPT_RE = re.compile(r"^ckpt-(\d+)\.npz$")
-_META_KEY = "__meta__"
+META_KEY = "__meta__"
 LOCK_NAME = ".lock"
 #: The folders of a run that only its trainer writes (its stale temporary files are safe to remove).
 TRAINER_FOLDERS = ("", CHECKPOINT_DIR, "plots", "3D_graphs")
@@ -151,7 +151,7 @@ def save_checkpoint(run_dir: Path, arrays: dict[str, np.ndarray], meta: dict, *,
     target = folder / name if name is not None else checkpoint_path(run_dir, meta["epoch"] if numbered else None)
     with atomic_path(target) as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays, **{_META_KEY: np.array(json.dumps(meta))})
+            np.savez(f, **arrays, **{META_KEY: np.array(json.dumps(meta))})
     if numbered:
         _link_latest(target)
         if keep > 0:
@@ -214,9 +214,9 @@ def checkpoint_meta(path: Path) -> dict:
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
-            if _META_KEY not in z.files:
+            if META_KEY not in z.files:
                 raise CheckpointError(f"{path}: not a tf3dgan checkpoint (no metadata entry)")
-            return json.loads(str(z[_META_KEY]))
+            return json.loads(str(z[META_KEY]))
     except CheckpointError:
         raise
     except Exception as e:
@@ -232,7 +232,7 @@ def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {key: z[key] for key in z.files}
-        meta = json.loads(str(arrays.pop(_META_KEY)))
+        meta = json.loads(str(arrays.pop(META_KEY)))
     except KeyError:
         raise CheckpointError(f"{path}: not a tf3dgan checkpoint (no metadata entry)") from None
     except Exception as e:
@@ -306,7 +306,7 @@ def load_generator(run_dir: Path | None = None, weights: Path | None = None, epo
         generator, _ = build_from_config(meta["model"], dtype_policy=dtype_policy)
         averaged = ema and any(k.startswith("g_ema/") for k in arrays)
         checkpoint_keys.load_model_weights(generator, "g_ema" if averaged else "g", arrays, str(source))
-        generator.moving_average = averaged
+        generator.moving_average = averaged or bool(meta.get("averaged"))   # a shipped model (tf3dgan.pretrained)
         return generator, source
     config_dir = Path(run_dir) if run_dir is not None else source.parent
     config = read_config(config_dir)
