@@ -39,6 +39,18 @@ def test_the_seed_presets_set_the_originals_faithful_modes():
         "wgan-gp", "none", 5, 0.9, "tanh")
 
 
+def test_the_chair_presets_are_the_measured_recipe_at_two_scales():
+    cpu, gpu = presets.get_preset("cpu-chair32").settings, presets.get_preset("gpu-chair64").settings
+    for p in (cpu, gpu):   # README, Stabilisers: the A/B on real chairs that chose each of these
+        assert (p["loss"], p["d_rule"], p["glr"], p["dlr"], p["output_activation"], p["data_scale"]) == (
+            "minimax", "always", 0.0002, 0.0002, "sigmoid", 1.0)
+        assert p["g_ema"] == 0.999 and p["r1"] > 0 and p["batchsize"] == 24
+    assert (cpu["resolution"], cpu["width"], cpu["r1"]) == (32, 0.5, 1.0)
+    assert (gpu["resolution"], gpu["width"], gpu["r1"]) == (64, 1.0, 8.0)   # γ ∝ voxels per grid (8× at 64³)
+    assert {p.name for p in presets.PRESETS.values()} >= {"seed-chair", "seed-airplane", "3dgan", "cpu-chair32",
+                                                         "gpu-chair64"}
+
+
 def test_flags_given_win_over_the_preset():
     values, given = presets.apply_preset("seed-chair", dict(TrainConfig().to_dict(), resolution=32, width=0.5),
                                          {"resolution", "width"})
