@@ -3,7 +3,6 @@ backends, generate.py --pretrained works, and its samples beat an untrained gene
 fixture's real chairs."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -40,6 +39,8 @@ def test_the_shipped_model_is_small_and_says_where_it_came_from():
     assert info["training_seconds"] > 0 and info["model"]["resolution"] == 32
     test = info["metrics"]["test"]   # tools/evaluate.py against the 99 test chairs, the floor beside it
     assert test["n_samples"] == test["n_reference"] == 99 and "floor" in test
+    assert test["samples"] in info["evaluated_with"].split()   # the metrics are those of the samples
+    assert info["sampled_with"].split()[-1] in test["samples"]  # its two commands name
     with np.load(path) as z:
         assert all(z[k].dtype == np.float16 for k in z.files if k.startswith("g/"))
 
@@ -85,4 +86,3 @@ def test_a_wrong_pretrained_request_is_one_line(tmp_path):
     assert "--pretrained names the generator" in error_line(proc)
     bad = tool("generate", "--pretrained", "sofa", timeout=120)
     assert bad.returncode == 2 and "invalid choice: 'sofa'" in bad.stderr
-    assert json.loads(json.dumps(pretrained.provenance("chair32")))   # plain JSON
